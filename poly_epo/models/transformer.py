@@ -1,0 +1,292 @@
+"""The policy: a Llama / Qwen2 / Qwen3-family decoder written in Flax NNX.
+
+Shape letters: B batch, T new tokens, S cache slots (keys), D hidden, V vocab,
+N query heads, K key/value heads, G = N // K query heads per kv head, H head
+dim, F MLP width.
+
+One forward covers training and sampling. Without a cache it is causal
+self-attention over `tokens_BT` with an optional padding mask. With a `KVCache`
+the new tokens' keys/values are written at `cache_index` (shared by every row:
+prompts are left-padded so all rows decode in lock-step) and the queries attend
+to every valid slot up to their own.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from poly_epo.models.config import ModelConfig
+
+_NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
+
+
+class KVCache(NamedTuple):
+  """Per-layer keys and values plus which slots hold real tokens.
+
+  k, v: tuples (one per layer) of [B, S, K, H]; mask_BS: bool [B, S].
+  """
+  k: tuple
+  v: tuple
+  mask_BS: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, length: int,
+               dtype=None) -> KVCache:
+  dtype = dtype or cfg.dtype
+  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+  zeros = lambda: jnp.zeros(shape, dtype)
+  return KVCache(tuple(zeros() for _ in range(cfg.num_layers)),
+                 tuple(zeros() for _ in range(cfg.num_layers)),
+                 jnp.zeros((batch, length), bool))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """[H/2] float32 inverse frequencies, with optional linear/llama3 scaling."""
+  h = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta**(np.arange(0, h, 2, dtype=np.int64)
+                                .astype(np.float32) / h))
+  inv = inv.astype(np.float32)
+  if cfg.rope_scaling is None:
+    return inv
+  kind, factor = cfg.rope_scaling[0], cfg.rope_scaling[1]
+  if kind == "linear":
+    return (inv / factor).astype(np.float32)
+  low, high, old_len = cfg.rope_scaling[2:]
+  low_wavelen, high_wavelen = old_len / low, old_len / high
+  wavelen = 2 * np.pi / inv
+  scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+  smooth = (old_len / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BTnH, cos_BTH, sin_BTH):
+  """Rotate-half RoPE (the HF convention) on [B, T, n, H]."""
+  half = x_BTnH.shape[-1] // 2
+  x1, x2 = x_BTnH[..., :half], x_BTnH[..., half:]
+  cos = cos_BTH[:, :, None, :].astype(x_BTnH.dtype)
+  sin = sin_BTH[:, :, None, :].astype(x_BTnH.dtype)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _normal(rngs, shape, dtype, std=0.02):
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, dtype):
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((dim,), dtype))
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+def attend(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+  """Grouped-query softmax attention; returns [B, T, N, H].
+
+  One query per row (decode) uses broadcast multiply-and-reduce, which XLA:CPU
+  fuses without the per-step transposed copy of the whole cache that a
+  batched dot_general asks for; longer queries use einsum.
+  """
+  b, t, n, h = q_BTNH.shape
+  kh = k_BSKH.shape[2]
+  q = q_BTNH.reshape(b, t, kh, n // kh, h)
+  if t == 1:
+    scores = jnp.sum(q[:, :, None] * k_BSKH[:, None, :, :, None, :], -1)
+    scores = jnp.moveaxis(scores, 2, -1)  # [B, T, K, G, S]
+  else:
+    scores = jnp.einsum("btkgh,bskh->btkgs", q, k_BSKH)
+  scores = scores.astype(jnp.float32) * (h**-0.5)
+  scores = jnp.where(mask_BTS[:, :, None, None], scores, _NEG)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  if t == 1:
+    out = jnp.sum(jnp.moveaxis(probs, -1, 2)[..., None]
+                  * v_BSKH[:, None, :, :, None, :], 2)
+  else:
+    out = jnp.einsum("btkgs,bskh->btkgh", probs, v_BSKH)
+  return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.cfg = cfg
+    self.q_proj = _normal(rngs, (d, n, h), pd)
+    self.k_proj = _normal(rngs, (d, k, h), pd)
+    self.v_proj = _normal(rngs, (d, k, h), pd)
+    self.o_proj = _normal(rngs, (n, h, d), pd)
+    if cfg.qkv_bias:
+      self.q_bias = nnx.Param(jnp.zeros((n, h), pd))
+      self.k_bias = nnx.Param(jnp.zeros((k, h), pd))
+      self.v_bias = nnx.Param(jnp.zeros((k, h), pd))
+    if cfg.o_bias:
+      self.o_bias = nnx.Param(jnp.zeros((d,), pd))
+    if cfg.qk_norm:
+      self.q_norm = RMSNorm(h, cfg.rms_norm_eps, pd)
+      self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd)
+
+  def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BTS, kv=None,
+               cache_index=None):
+    """Returns (out_BTD, (k_BSKH, v_BSKH)): the keys/values attended to."""
+    cfg, dt = self.cfg, x_BTD.dtype
+    w = lambda p: p[...].astype(dt)
+    b, t, d = x_BTD.shape
+    n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    # Plain 2-D matmuls on free reshapes of the [D, n, H] weights.
+    q = (x_BTD @ w(self.q_proj).reshape(d, n * h)).reshape(b, t, n, h)
+    k = (x_BTD @ w(self.k_proj).reshape(d, kh * h)).reshape(b, t, kh, h)
+    v = (x_BTD @ w(self.v_proj).reshape(d, kh * h)).reshape(b, t, kh, h)
+    if cfg.qkv_bias:
+      q, k, v = q + w(self.q_bias), k + w(self.k_bias), v + w(self.v_bias)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    q = apply_rope(q, cos_BTH, sin_BTH)
+    k = apply_rope(k, cos_BTH, sin_BTH)
+    if kv is not None:
+      k_cache, v_cache = kv
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
+                                       (0, cache_index, 0, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
+                                       (0, cache_index, 0, 0))
+    out = attend(q, k.astype(dt), v.astype(dt), mask_BTS)
+    out = out.reshape(b, t, n * h) @ w(self.o_proj).reshape(n * h, d)
+    if cfg.o_bias:
+      out = out + w(self.o_bias)
+    return out, (k, v)
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.cfg = cfg
+    self.gate_proj = _normal(rngs, (d, f), pd)
+    self.up_proj = _normal(rngs, (d, f), pd)
+    self.down_proj = _normal(rngs, (f, d), pd)
+    if cfg.mlp_bias:
+      self.gate_bias = nnx.Param(jnp.zeros((f,), pd))
+      self.up_bias = nnx.Param(jnp.zeros((f,), pd))
+      self.down_bias = nnx.Param(jnp.zeros((d,), pd))
+
+  def __call__(self, x_BTD):
+    dt = x_BTD.dtype
+    w = lambda p: p[...].astype(dt)
+    gate = x_BTD @ w(self.gate_proj)
+    up = x_BTD @ w(self.up_proj)
+    if self.cfg.mlp_bias:
+      gate, up = gate + w(self.gate_bias), up + w(self.up_bias)
+    out = (jax.nn.silu(gate) * up) @ w(self.down_proj)
+    if self.cfg.mlp_bias:
+      out = out + w(self.down_bias)
+    return out
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.input_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    self.attn = Attention(cfg, rngs)
+    self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x_BTD, cos, sin, mask_BTS, kv=None, cache_index=None):
+    h, kv = self.attn(self.input_norm(x_BTD), cos, sin, mask_BTS, kv,
+                      cache_index)
+    x_BTD = x_BTD + h
+    return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. `model(tokens_BT)` -> logits [B, T, V] (float32)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
+    self.embed = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), pd)
+    self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
+    if not cfg.tie_embeddings:
+      self.lm_head = _normal(rngs, (cfg.vocab_size, cfg.hidden_size), pd)
+
+  def __call__(self, tokens_BT, positions_BT=None, attention_mask_BT=None, *,
+               cache: KVCache | None = None, cache_index=None,
+               last_only: bool = False):
+    """Forward pass.
+
+    Args:
+      tokens_BT: int32 [B, T].
+      positions_BT: int32 [B, T] RoPE positions. Default: the count of real
+        tokens before each token (left padding gets the right positions), plus
+        `cache_index` offset semantics are the caller's when a cache is used.
+      attention_mask_BT: bool/0-1 [B, T], 1 for real tokens. Default all real.
+      cache: a `KVCache`; the new tokens are written at slot `cache_index`.
+      cache_index: int32 scalar, first cache slot of the new tokens.
+      last_only: return logits of the last position only ([B, 1, V]).
+
+    Returns:
+      logits [B, T, V] float32, or (logits, new_cache) when `cache` is given.
+    """
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    b, t = tokens_BT.shape
+    if attention_mask_BT is None:
+      attention_mask_BT = jnp.ones((b, t), bool)
+    attention_mask_BT = attention_mask_BT.astype(bool)
+    if positions_BT is None:
+      positions_BT = jnp.maximum(
+          jnp.cumsum(attention_mask_BT.astype(jnp.int32), axis=1) - 1, 0)
+      if cache is not None:
+        positions_BT = positions_BT + jnp.sum(cache.mask_BS, 1,
+                                              keepdims=True).astype(jnp.int32)
+    inv_freq = jnp.asarray(rope_inv_freq(cfg))
+    angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+    cos, sin = jnp.cos(angles), jnp.sin(angles)  # [B, T, H/2] each
+
+    if cache is None:
+      causal = jnp.tril(jnp.ones((t, t), bool))
+      mask_BTS = causal[None] & attention_mask_BT[:, None, :]
+      new_mask = None
+    else:
+      new_mask = jax.lax.dynamic_update_slice(cache.mask_BS, attention_mask_BT,
+                                              (0, cache_index))
+      s = cache.mask_BS.shape[1]
+      slot_S = jnp.arange(s)
+      query_slot_T = cache_index + jnp.arange(t)
+      mask_BTS = new_mask[:, None, :] & (slot_S[None, None, :]
+                                         <= query_slot_T[None, :, None])
+
+    x = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, (k, v) = layer(x, cos, sin, mask_BTS, kv, cache_index)
+      new_k.append(k)
+      new_v.append(v)
+    if last_only:
+      x = x[:, -1:]
+    x = self.final_norm(x)
+    head = self.embed if cfg.tie_embeddings else self.lm_head
+    logits = jnp.einsum("btd,vd->btv", x, head[...].astype(dt))
+    logits = logits.astype(jnp.float32)
+    if cache is None:
+      return logits
+    return logits, KVCache(tuple(new_k), tuple(new_v), new_mask)
+
+
+def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:
+  """A randomly initialised model (std 0.02 normal weights, unit norms)."""
+  return Transformer(cfg, rngs=nnx.Rngs(params=seed))

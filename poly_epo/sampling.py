@@ -1,0 +1,245 @@
+"""k-sample generation under `jax.jit`: one prefill, then a KV-cache decode loop.
+
+Layout: prompts are left-padded ([B, P], every row ends at slot P-1), so every
+row decodes in lock-step into the same cache slot P + t. Each prompt is
+prefilled once; its cache is then repeated `num_samples` times, so sample j of
+prompt b is row b * k + j of the decode batch (N = B * k rows).
+
+Randomness is per prompt: prompt b uses `fold_in(rng, b)` (or `rng[b]` when a
+[B] array of keys is given), sample j of it `fold_in(prompt_key, j)`, and its
+t-th token `fold_in(sample_key, t)`. A prompt's samples therefore do not depend
+on the other prompts in the batch, on padding rows, or on the padded width.
+
+Returned shapes are [B, k, L] (L = max_new_tokens).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from poly_epo.models.transformer import KVCache, Transformer, init_cache
+
+
+class SampleOutput(NamedTuple):
+  """Completions of `generate`.
+
+  tokens: int32 [B, k, L] sampled tokens; `pad_id` after EOS / early exit.
+  logprobs: float32 [B, k, L] log-prob of each sampled token under the policy
+    at the sampling temperature, *before* top-k / top-p truncation (the
+    distribution the trainer recomputes); 0 where `mask` is False. With
+    temperature 0 (greedy) the log-probs are under temperature 1.
+  mask: bool [B, k, L] valid completion tokens, ending at and including EOS.
+  lengths: int32 [B, k] number of valid tokens.
+  """
+  tokens: jax.Array
+  logprobs: jax.Array
+  mask: jax.Array
+  lengths: jax.Array
+
+
+class DecodeState(NamedTuple):
+  """Carry of the decode `while_loop` (N = B * k rows, L new tokens, S = P + L).
+
+  t: int32 [] index of the last token written. token_N: int32 [N] that token.
+  tokens_NL / logprobs_NL / valid_NL: outputs so far. done_N: bool [N] row has
+  emitted EOS. cache: KVCache of [N, S, K, H].
+  """
+  t: jax.Array
+  token_N: jax.Array
+  tokens_NL: jax.Array
+  logprobs_NL: jax.Array
+  valid_NL: jax.Array
+  done_N: jax.Array
+  cache: KVCache
+
+
+def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
+                  top_p: float):
+  """Sample one token per row. Returns (token_N int32, logprob_N float32)."""
+  logits_NV = logits_NV.astype(jnp.float32)
+  if temperature == 0.0:
+    token = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits_NV, axis=-1)
+    return token, jnp.take_along_axis(logp, token[:, None], 1)[:, 0]
+  scaled = logits_NV / temperature
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  filtered = scaled
+  if top_k > 0 and top_k < scaled.shape[-1]:
+    kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
+    filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
+  if top_p < 1.0:
+    sorted_desc = -jnp.sort(-filtered, axis=-1)
+    probs = jax.nn.softmax(sorted_desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p  # The most likely token is always kept.
+    threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1,
+                        keepdims=True)
+    filtered = jnp.where(filtered < threshold, -jnp.inf, filtered)
+  gumbel = jax.vmap(lambda k: jax.random.gumbel(k, scaled.shape[-1:]))(keys_N)
+  token = jnp.argmax(filtered + gumbel, axis=-1).astype(jnp.int32)
+  return token, jnp.take_along_axis(logp, token[:, None], 1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples",
+                                             "max_new_tokens"))
+def _prefill(graphdef, state, prompt_BP, mask_BP, prompt_keys_B, *,
+             num_samples: int, max_new_tokens: int):
+  """Prefill the B prompts once; repeat the cache for the k samples."""
+  model: Transformer = nnx.merge(graphdef, state)
+  b, p = prompt_BP.shape
+  k = num_samples
+  cache = init_cache(model.cfg, b, p + max_new_tokens)
+  positions = jnp.maximum(jnp.cumsum(mask_BP.astype(jnp.int32), 1) - 1, 0)
+  logits, cache = model(prompt_BP, positions, mask_BP, cache=cache,
+                        cache_index=0, last_only=True)
+  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  logits_NV = jnp.repeat(logits[:, 0], k, axis=0)
+  row_keys = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(
+      key, j))(jnp.arange(k)))(prompt_keys_B)
+  row_keys_N = row_keys.reshape((b * k,) + row_keys.shape[2:])
+  prompt_len_N = jnp.repeat(jnp.sum(mask_BP, 1).astype(jnp.int32), k)
+  return cache, logits_NV, row_keys_N, prompt_len_N
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k",
+                     "top_p", "eos_id", "pad_id"),
+    donate_argnames=("cache",))
+def _decode(graphdef, state, cache: KVCache, logits_NV, row_keys_N,
+            prompt_len_N, *, max_new_tokens: int, temperature: float,
+            top_k: int, top_p: float, eos_id: int, pad_id: int):
+  model: Transformer = nnx.merge(graphdef, state)
+  n = logits_NV.shape[0]
+  length = max_new_tokens
+  p = cache.mask_BS.shape[1] - length
+  sample = functools.partial(sample_tokens, temperature=temperature,
+                             top_k=top_k, top_p=top_p)
+
+  def step_keys(t):
+    return jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys_N)
+
+  def write(st: DecodeState, t, token, logp, cache):
+    valid = ~st.done_N
+    token = jnp.where(valid, token, pad_id)
+    logp = jnp.where(valid, logp, 0.0)
+    done = st.done_N | ((token == eos_id) if eos_id >= 0 else False)
+    return DecodeState(
+        t=t, token_N=token,
+        tokens_NL=st.tokens_NL.at[:, t].set(token),
+        logprobs_NL=st.logprobs_NL.at[:, t].set(logp),
+        valid_NL=st.valid_NL.at[:, t].set(valid),
+        done_N=done, cache=cache)
+
+  token, logp = sample(logits_NV, step_keys(0))
+  st = DecodeState(
+      t=jnp.int32(0), token_N=token,
+      tokens_NL=jnp.full((n, length), pad_id, jnp.int32),
+      logprobs_NL=jnp.zeros((n, length), jnp.float32),
+      valid_NL=jnp.zeros((n, length), bool),
+      done_N=jnp.zeros((n,), bool), cache=cache)
+  st = write(st, jnp.int32(0), token, logp, cache)
+
+  def should_continue(st: DecodeState):
+    return (st.t < length - 1) & ~jnp.all(st.done_N)
+
+  def body(st: DecodeState):
+    positions = (prompt_len_N + st.t)[:, None]
+    logits, cache = model(st.token_N[:, None], positions, cache=st.cache,
+                          cache_index=p + st.t)
+    t = st.t + 1
+    token, logp = sample(logits[:, 0], step_keys(t))
+    return write(st, t, token, logp, cache)
+
+  st = jax.lax.while_loop(should_continue, body, st)
+  # The cache is returned (and dropped by the caller) so its donated buffer
+  # is aliased to an output and the loop updates it in place.
+  return st.tokens_NL, st.logprobs_NL, st.valid_NL, st.cache
+
+
+def prompt_keys(rng, batch: int):
+  """[B] per-prompt keys from one key (fold_in by index) or a [B] key array."""
+  rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
+  is_typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  single = rng.ndim == 0 if is_typed else rng.ndim == 1
+  if single:
+    return jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(batch))
+  if rng.shape[0] != batch:
+    raise ValueError(f"generate: rng holds {rng.shape[0]} keys but there are "
+                     f"{batch} prompts")
+  return rng
+
+
+def generate(model: Transformer, prompt_tokens, prompt_mask, *,
+             num_samples: int, max_new_tokens: int, temperature: float = 1.0,
+             top_p: float = 1.0, top_k: int = 0, eos_id: int | None,
+             rng, pad_id: int = 0) -> SampleOutput:
+  """Draw `num_samples` completions for each left-padded prompt.
+
+  Args:
+    model: the policy.
+    prompt_tokens: int32 [B, P], left-padded.
+    prompt_mask: bool or 0/1 [B, P], 1 for real tokens. A row with no real
+      token is a padding row (its samples are meaningless but harmless).
+    num_samples: k completions per prompt.
+    max_new_tokens: L.
+    temperature: 0 means greedy.
+    top_p, top_k: nucleus / top-k truncation (1.0 / 0 disable).
+    eos_id: stop token; None or negative disables EOS stopping.
+    rng: a PRNG key, or a [B] array of per-prompt keys.
+    pad_id: token written after EOS.
+
+  Returns:
+    `SampleOutput` with [B, k, L] tokens / logprobs / mask and [B, k] lengths.
+  """
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+  if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
+    raise ValueError(f"generate: prompt_tokens {prompt_tokens.shape} and "
+                     f"prompt_mask {prompt_mask.shape} must both be [B, P]")
+  if num_samples < 1 or max_new_tokens < 1:
+    raise ValueError("generate: num_samples and max_new_tokens must be >= 1")
+  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+    raise ValueError(f"generate: bad sampling settings temperature="
+                     f"{temperature}, top_p={top_p}, top_k={top_k}")
+  vocab = model.cfg.vocab_size
+  if eos_id is not None and eos_id >= vocab:
+    raise ValueError(f"generate: eos_id={eos_id} is outside the vocab ({vocab})")
+  b = prompt_tokens.shape[0]
+  graphdef, state = nnx.split(model)
+  keys = prompt_keys(rng, b)
+  cache, logits, row_keys, prompt_len = _prefill(
+      graphdef, state, prompt_tokens, prompt_mask, keys,
+      num_samples=num_samples, max_new_tokens=max_new_tokens)
+  tokens, logprobs, mask, _ = _decode(
+      graphdef, state, cache, logits, row_keys, prompt_len,
+      max_new_tokens=max_new_tokens, temperature=float(temperature),
+      top_k=int(top_k), top_p=float(top_p),
+      eos_id=-1 if eos_id is None else int(eos_id), pad_id=int(pad_id))
+  shape = (b, num_samples, max_new_tokens)
+  mask = mask.reshape(shape)
+  return SampleOutput(tokens.reshape(shape), logprobs.reshape(shape), mask,
+                      jnp.sum(mask, -1).astype(jnp.int32))
+
+
+def completion_logprobs(model: Transformer, prompt_tokens, prompt_mask,
+                        completion_tokens, completion_mask,
+                        temperature: float = 1.0):
+  """Teacher-forced log-probs of completions (the full-forward reference).
+
+  prompt_*: [B, P]; completion_*: [B, L]. Returns float32 [B, L] (0 where
+  the completion mask is False).
+  """
+  tokens = jnp.concatenate([prompt_tokens, completion_tokens], 1)
+  mask = jnp.concatenate([prompt_mask, completion_mask], 1).astype(bool)
+  logits = model(tokens, None, mask) / (temperature or 1.0)
+  p = prompt_tokens.shape[1]
+  logp = jax.nn.log_softmax(logits[:, p - 1:-1], -1)
+  out = jnp.take_along_axis(logp, completion_tokens[..., None], -1)[..., 0]
+  return jnp.where(completion_mask, out, 0.0)

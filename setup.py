@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="poly_epo",
+    version="0.1.0",
+    description=("Set reinforcement learning and Poly-EPO (Polychromic "
+                 "Exploratory Policy Optimization) for language models in JAX"),
+    packages=find_packages(include=["poly_epo", "poly_epo.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.12",
+        "optax",
+        "orbax-checkpoint",
+        "ml_collections",
+        "absl-py",
+        "chex",
+        "transformers>=5",
+        "tokenizers",
+        "safetensors",
+        "ml_dtypes",
+        "numpy",
+        "tqdm",
+        "tensorboardX",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch only serves the logit-parity tests against transformers'
+        # PyTorch models; pinned exactly so pip takes the CPU build.
+        "test": ["pytest", "torch==2.13.0"],
+    },
+)
