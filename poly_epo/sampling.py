@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from poly_epo.models.transformer import KVCache, Transformer, init_cache
+from poly_epo.models.transformer import (KVCache, Transformer, init_cache,
+                                         rope_table)
 
 
 class SampleOutput(NamedTuple):
@@ -81,9 +82,25 @@ def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
     threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1,
                         keepdims=True)
     filtered = jnp.where(filtered < threshold, -jnp.inf, filtered)
-  gumbel = jax.vmap(lambda k: jax.random.gumbel(k, scaled.shape[-1:]))(keys_N)
-  token = jnp.argmax(filtered + gumbel, axis=-1).astype(jnp.int32)
+  token = inverse_cdf_sample(filtered, keys_N)
   return token, jnp.take_along_axis(logp, token[:, None], 1)[:, 0]
+
+
+def inverse_cdf_sample(logits_NV, keys_N):
+  """One categorical draw per row from a single uniform per row.
+
+  token = #{i : cdf_i <= u * cdf_V}. Exact up to float rounding of the cdf;
+  one random number per row instead of V Gumbels (per-step RNG cost on CPU
+  drops from ~6 ms to ~0 for 256 rows x 256 tokens). Tokens of probability 0
+  (masked by top-k / top-p) are never drawn.
+  """
+  probs = jnp.exp(logits_NV - jnp.max(logits_NV, -1, keepdims=True))
+  cdf = jnp.cumsum(probs, axis=-1)
+  u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_N)
+  token = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1)
+  v = logits_NV.shape[-1]
+  last_allowed = v - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)
+  return jnp.minimum(token, last_allowed).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples",
@@ -119,6 +136,7 @@ def _decode(graphdef, state, cache: KVCache, logits_NV, row_keys_N,
   n = logits_NV.shape[0]
   length = max_new_tokens
   p = cache.mask_BS.shape[1] - length
+  rope = rope_table(model.cfg, p + length)
   sample = functools.partial(sample_tokens, temperature=temperature,
                              top_k=top_k, top_p=top_p)
 
@@ -152,7 +170,7 @@ def _decode(graphdef, state, cache: KVCache, logits_NV, row_keys_N,
   def body(st: DecodeState):
     positions = (prompt_len_N + st.t)[:, None]
     logits, cache = model(st.token_N[:, None], positions, cache=st.cache,
-                          cache_index=p + st.t)
+                          cache_index=p + st.t, rope_table=rope)
     t = st.t + 1
     token, logp = sample(logits[:, 0], step_keys(t))
     return write(st, t, token, logp, cache)

@@ -26,92 +26,90 @@ from poly_epo.models.transformer import Transformer
 INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
-# (hf_name, our_path, to_ours(array, cfg), to_hf(array, cfg))
-Entry = tuple[str, tuple, Callable, Callable]
+# (our_path, hf_names, to_ours(list of HF arrays, cfg) -> our array,
+#  to_hf(our array, cfg) -> list of HF arrays). Our fused q/k/v and gate/up
+# params each gather several HF tensors.
+Entry = tuple[tuple, list[str], Callable, Callable]
 
 
-def _same(x, cfg):
-  return x
+def _one(to_ours, to_hf):
+  return (lambda xs, cfg: to_ours(xs[0], cfg), lambda x, cfg: [to_hf(x, cfg)])
 
 
-def _t(x, cfg):
-  return x.T
+_SAME = _one(lambda x, cfg: x, lambda x, cfg: x)
+_T = _one(lambda x, cfg: x.T, lambda x, cfg: x.T)
+_O_PROJ = _one(  # HF [D, N*H] <-> ours [N, H, D]
+    lambda x, cfg: x.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+    lambda x, cfg: x.reshape(-1, cfg.hidden_size).T)
 
 
-def _in_proj(heads_attr):
-  """HF [n*H, D] <-> ours [D, n, H]."""
-  def to_ours(x, cfg):
-    return x.T.reshape(cfg.hidden_size, getattr(cfg, heads_attr), cfg.head_dim)
-
-  def to_hf(x, cfg):
-    return x.reshape(cfg.hidden_size, -1).T
-  return to_ours, to_hf
+def _qkv_to_ours(xs, cfg):
+  """HF q [N*H, D], k/v [K*H, D] -> ours [D, K, G + 2, H]."""
+  d, k, h = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim
+  q, kk, v = (x.T.reshape(d, k, -1, h) for x in xs)
+  return np.concatenate([q, kk, v], axis=2)
 
 
-def _bias(heads_attr):
-  def to_ours(x, cfg):
-    return x.reshape(getattr(cfg, heads_attr), cfg.head_dim)
-
-  def to_hf(x, cfg):
-    return x.reshape(-1)
-  return to_ours, to_hf
+def _qkv_to_hf(w, cfg):
+  d, g = cfg.hidden_size, cfg.num_heads // cfg.num_kv_heads
+  return [w[:, :, :g].reshape(d, -1).T, w[:, :, g].reshape(d, -1).T,
+          w[:, :, g + 1].reshape(d, -1).T]
 
 
-def _o_to_ours(x, cfg):
-  return x.T.reshape(cfg.num_heads, cfg.head_dim, cfg.hidden_size)
+def _qkv_bias_to_ours(xs, cfg):
+  k, h = cfg.num_kv_heads, cfg.head_dim
+  return np.concatenate([x.reshape(k, -1, h) for x in xs], axis=1)
 
 
-def _o_to_hf(x, cfg):
-  return x.reshape(-1, cfg.hidden_size).T
+def _qkv_bias_to_hf(b, cfg):
+  g = cfg.num_heads // cfg.num_kv_heads
+  return [b[:, :g].reshape(-1), b[:, g].reshape(-1), b[:, g + 1].reshape(-1)]
+
+
+_GATE_UP = (lambda xs, cfg: np.stack([x.T for x in xs], axis=1),
+            lambda w, cfg: [w[:, 0].T, w[:, 1].T])
+_GATE_UP_BIAS = (lambda xs, cfg: np.stack(xs, axis=0),
+                 lambda b, cfg: [b[0], b[1]])
 
 
 def tensor_map(cfg: ModelConfig) -> list[Entry]:
-  """Every tensor of a checkpoint of `cfg`, with its place in our model."""
-  out: list[Entry] = [("model.embed_tokens.weight", ("embed",), _same, _same),
-                      ("model.norm.weight", ("final_norm", "weight"), _same,
-                       _same)]
+  """Every param of our model with the HF tensors it is made of."""
+  out: list[Entry] = [(("embed",), ["model.embed_tokens.weight"], *_SAME),
+                      (("final_norm", "weight"), ["model.norm.weight"],
+                       *_SAME)]
   if not cfg.tie_embeddings:
-    out.append(("lm_head.weight", ("lm_head",), _same, _same))
+    out.append((("lm_head",), ["lm_head.weight"], *_SAME))
   for i in range(cfg.num_layers):
     p, l = f"model.layers.{i}.", ("layers", i)
+    a = p + "self_attn."
     out += [
-        (p + "input_layernorm.weight", l + ("input_norm", "weight"), _same,
-         _same),
-        (p + "post_attention_layernorm.weight",
-         l + ("post_attn_norm", "weight"), _same, _same),
-        (p + "self_attn.q_proj.weight", l + ("attn", "q_proj"),
-         *_in_proj("num_heads")),
-        (p + "self_attn.k_proj.weight", l + ("attn", "k_proj"),
-         *_in_proj("num_kv_heads")),
-        (p + "self_attn.v_proj.weight", l + ("attn", "v_proj"),
-         *_in_proj("num_kv_heads")),
-        (p + "self_attn.o_proj.weight", l + ("attn", "o_proj"), _o_to_ours,
-         _o_to_hf),
-        (p + "mlp.gate_proj.weight", l + ("mlp", "gate_proj"), _t, _t),
-        (p + "mlp.up_proj.weight", l + ("mlp", "up_proj"), _t, _t),
-        (p + "mlp.down_proj.weight", l + ("mlp", "down_proj"), _t, _t),
+        (l + ("input_norm", "weight"), [p + "input_layernorm.weight"], *_SAME),
+        (l + ("post_attn_norm", "weight"),
+         [p + "post_attention_layernorm.weight"], *_SAME),
+        (l + ("attn", "qkv_proj"),
+         [a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"],
+         _qkv_to_ours, _qkv_to_hf),
+        (l + ("attn", "o_proj"), [a + "o_proj.weight"], *_O_PROJ),
+        (l + ("mlp", "gate_up_proj"),
+         [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"], *_GATE_UP),
+        (l + ("mlp", "down_proj"), [p + "mlp.down_proj.weight"], *_T),
     ]
     if cfg.qkv_bias:
-      out += [(p + "self_attn.q_proj.bias", l + ("attn", "q_bias"),
-               *_bias("num_heads")),
-              (p + "self_attn.k_proj.bias", l + ("attn", "k_bias"),
-               *_bias("num_kv_heads")),
-              (p + "self_attn.v_proj.bias", l + ("attn", "v_bias"),
-               *_bias("num_kv_heads"))]
+      out.append((l + ("attn", "qkv_bias"),
+                  [a + "q_proj.bias", a + "k_proj.bias", a + "v_proj.bias"],
+                  _qkv_bias_to_ours, _qkv_bias_to_hf))
     if cfg.o_bias:
-      out.append((p + "self_attn.o_proj.bias", l + ("attn", "o_bias"), _same,
-                  _same))
+      out.append((l + ("attn", "o_bias"), [a + "o_proj.bias"], *_SAME))
     if cfg.qk_norm:
-      out += [(p + "self_attn.q_norm.weight", l + ("attn", "q_norm", "weight"),
-               _same, _same),
-              (p + "self_attn.k_norm.weight", l + ("attn", "k_norm", "weight"),
-               _same, _same)]
+      out += [(l + ("attn", "q_norm", "weight"), [a + "q_norm.weight"],
+               *_SAME),
+              (l + ("attn", "k_norm", "weight"), [a + "k_norm.weight"],
+               *_SAME)]
     if cfg.mlp_bias:
-      out += [(p + "mlp.gate_proj.bias", l + ("mlp", "gate_bias"), _same,
-               _same),
-              (p + "mlp.up_proj.bias", l + ("mlp", "up_bias"), _same, _same),
-              (p + "mlp.down_proj.bias", l + ("mlp", "down_bias"), _same,
-               _same)]
+      out += [(l + ("mlp", "gate_up_bias"),
+               [p + "mlp.gate_proj.bias", p + "mlp.up_proj.bias"],
+               *_GATE_UP_BIAS),
+              (l + ("mlp", "down_bias"), [p + "mlp.down_proj.bias"], *_SAME)]
   return out
 
 
@@ -176,7 +174,7 @@ def load_hf(path: str, dtype: str = "float32", **config_overrides
                                  **config_overrides)
   files = _safetensors_files(path)
   entries = tensor_map(cfg)
-  expected = {e[0] for e in entries}
+  expected = {n for e in entries for n in e[1]}
   extra = sorted(n for n in files if n not in expected
                  and not n.endswith(_IGNORED_SUFFIXES))
   tied_head = cfg.tie_embeddings and "lm_head.weight" in extra
@@ -192,25 +190,24 @@ def load_hf(path: str, dtype: str = "float32", **config_overrides
                      + (" ..." if len(missing) > 10 else ""))
 
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  by_name = {e[0]: e for e in entries}
   pd = jnp.dtype(cfg.param_dtype)
-  wanted = list(expected) + (["lm_head.weight"] if tied_head else [])
-  for name, arr in _read(files, wanted):
-    if tied_head and name == "lm_head.weight":
-      emb = next(_read(files, ["model.embed_tokens.weight"]))[1]
-      if arr.shape != emb.shape or not np.array_equal(arr, emb):
-        raise ValueError(f"{path}: lm_head.weight differs from "
-                         "model.embed_tokens.weight but the config ties them")
-      continue
-    _, our_path, to_ours, to_hf = by_name[name]
+  tensors = dict(_read(files, sorted(expected)))
+  if tied_head:
+    head = next(_read(files, ["lm_head.weight"]))[1]
+    emb = tensors["model.embed_tokens.weight"]
+    if head.shape != emb.shape or not np.array_equal(head, emb):
+      raise ValueError(f"{path}: lm_head.weight differs from "
+                       "model.embed_tokens.weight but the config ties them")
+  for our_path, names, to_ours, to_hf in entries:
     target = _get(model, our_path)
-    want = to_hf(np.empty(target.shape, np.int8), cfg).shape
-    if tuple(arr.shape) != tuple(want):
-      raise ValueError(f"{path}: tensor {name} has shape {tuple(arr.shape)}, "
-                       f"but the config needs {tuple(want)}")
-    value = to_ours(arr, cfg)
-    _set(model, our_path, jnp.asarray(value.astype(np.float32), pd)
-         if arr.dtype != pd else jnp.asarray(value))
+    wants = to_hf(np.empty(target.shape, np.int8), cfg)
+    for name, want in zip(names, wants):
+      if tuple(tensors[name].shape) != tuple(want.shape):
+        raise ValueError(f"{path}: tensor {name} has shape "
+                         f"{tuple(tensors[name].shape)}, but the config "
+                         f"needs {tuple(want.shape)}")
+    value = to_ours([tensors.pop(n).astype(np.float32) for n in names], cfg)
+    _set(model, our_path, jnp.asarray(value, pd))
   return model
 
 
@@ -237,9 +234,10 @@ def save_hf(model: Transformer, path: str, *, dtype: str | None = None,
   os.makedirs(path, exist_ok=True)
   np_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
   tensors = {}
-  for name, our_path, _, to_hf in tensor_map(cfg):
+  for our_path, names, _, to_hf in tensor_map(cfg):
     arr = np.asarray(jax.device_get(_get(model, our_path)[...]))
-    tensors[name] = np.ascontiguousarray(to_hf(arr, cfg).astype(np_dtype))
+    for name, t in zip(names, to_hf(arr, cfg)):
+      tensors[name] = np.ascontiguousarray(t.astype(np_dtype))
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, arr in tensors.items():

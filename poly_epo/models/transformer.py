@@ -28,7 +28,8 @@ _NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
 class KVCache(NamedTuple):
   """Per-layer keys and values plus which slots hold real tokens.
 
-  k, v: tuples (one per layer) of [B, S, K, H]; mask_BS: bool [B, S].
+  k: tuple (one per layer) of [B, K, H, S] (keys stored transposed);
+  v: tuple of [B, K, S, H]; mask_BS: bool [B, S].
   """
   k: tuple
   v: tuple
@@ -38,10 +39,12 @@ class KVCache(NamedTuple):
 def init_cache(cfg: ModelConfig, batch: int, length: int,
                dtype=None) -> KVCache:
   dtype = dtype or cfg.dtype
-  shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
-  zeros = lambda: jnp.zeros(shape, dtype)
-  return KVCache(tuple(zeros() for _ in range(cfg.num_layers)),
-                 tuple(zeros() for _ in range(cfg.num_layers)),
+  k, h = cfg.num_kv_heads, cfg.head_dim
+  zeros = lambda shape: jnp.zeros(shape, dtype)
+  return KVCache(tuple(zeros((batch, k, h, length))
+                       for _ in range(cfg.num_layers)),
+                 tuple(zeros((batch, k, length, h))
+                       for _ in range(cfg.num_layers)),
                  jnp.zeros((batch, length), bool))
 
 
@@ -64,6 +67,18 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
   smoothed = (1 - smooth) * scaled / factor + smooth * scaled
   medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
   return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_table(cfg: ModelConfig, length: int):
+  """(cos, sin) of every position < length: float32 [length, H/2] each.
+
+  Passing this to the model (`rope_table=`) turns RoPE into a gather. Inside
+  the decode loop that matters: XLA:CPU otherwise recomputes sin/cos inside
+  every fused consumer, per element.
+  """
+  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * jnp.asarray(
+      rope_inv_freq(cfg))
+  return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rope(x_BTnH, cos_BTH, sin_BTH):
@@ -91,46 +106,47 @@ class RMSNorm(nnx.Module):
     return self.weight[...].astype(x.dtype) * y.astype(x.dtype)
 
 
-def attend(q_BTNH, k_BSKH, v_BSKH, mask_BTS):
+def attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS):
   """Grouped-query softmax attention; returns [B, T, N, H].
 
-  One query per row (decode) uses broadcast multiply-and-reduce, which XLA:CPU
-  fuses without the per-step transposed copy of the whole cache that a
-  batched dot_general asks for; longer queries use einsum.
+  Keys come transposed ([B, K, H, S]) and values kv-head-major ([B, K, S, H]):
+  the layouts XLA:CPU's batched matmuls want, so the decode loop never copies
+  the cache into another layout (measured ~1.5x faster per decode step than
+  the [B, S, K, H] cache on 2 CPU cores).
   """
   b, t, n, h = q_BTNH.shape
-  kh = k_BSKH.shape[2]
+  kh = k_BKHS.shape[1]
   q = q_BTNH.reshape(b, t, kh, n // kh, h)
   if t == 1:
-    scores = jnp.sum(q[:, :, None] * k_BSKH[:, None, :, :, None, :], -1)
-    scores = jnp.moveaxis(scores, 2, -1)  # [B, T, K, G, S]
+    scores = jnp.einsum("bkgh,bkhs->bkgs", q[:, 0], k_BKHS)[:, :, :, None]
   else:
-    scores = jnp.einsum("btkgh,bskh->btkgs", q, k_BSKH)
+    scores = jnp.einsum("btkgh,bkhs->bkgts", q, k_BKHS)
   scores = scores.astype(jnp.float32) * (h**-0.5)
-  scores = jnp.where(mask_BTS[:, :, None, None], scores, _NEG)
-  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  scores = jnp.where(mask_BTS[:, None, None], scores, _NEG)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)  # [B, K, G, T, S]
   if t == 1:
-    out = jnp.sum(jnp.moveaxis(probs, -1, 2)[..., None]
-                  * v_BSKH[:, None, :, :, None, :], 2)
+    out = jnp.einsum("bkgs,bksh->bkgh", probs[:, :, :, 0], v_BKSH)[:, None]
   else:
-    out = jnp.einsum("btkgs,bskh->btkgh", probs, v_BSKH)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
   return out.reshape(b, t, n, h)
 
 
 class Attention(nnx.Module):
+  """GQA self-attention with one fused q/k/v projection.
+
+  `qkv_proj` is [D, K, G + 2, H]: for each kv head, its G query heads, then
+  its key, then its value. One [D, K*(G+2)*H] matmul is markedly faster on CPU
+  than three, and sharding the K axis keeps every group on one device.
+  """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.cfg = cfg
-    self.q_proj = _normal(rngs, (d, n, h), pd)
-    self.k_proj = _normal(rngs, (d, k, h), pd)
-    self.v_proj = _normal(rngs, (d, k, h), pd)
+    self.qkv_proj = _normal(rngs, (d, k, n // k + 2, h), pd)
     self.o_proj = _normal(rngs, (n, h, d), pd)
     if cfg.qkv_bias:
-      self.q_bias = nnx.Param(jnp.zeros((n, h), pd))
-      self.k_bias = nnx.Param(jnp.zeros((k, h), pd))
-      self.v_bias = nnx.Param(jnp.zeros((k, h), pd))
+      self.qkv_bias = nnx.Param(jnp.zeros((k, n // k + 2, h), pd))
     if cfg.o_bias:
       self.o_bias = nnx.Param(jnp.zeros((d,), pd))
     if cfg.qk_norm:
@@ -139,27 +155,30 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BTS, kv=None,
                cache_index=None):
-    """Returns (out_BTD, (k_BSKH, v_BSKH)): the keys/values attended to."""
+    """Returns (out_BTD, (k_BKHS, v_BKSH)): the keys/values attended to."""
     cfg, dt = self.cfg, x_BTD.dtype
     w = lambda p: p[...].astype(dt)
     b, t, d = x_BTD.shape
     n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    # Plain 2-D matmuls on free reshapes of the [D, n, H] weights.
-    q = (x_BTD @ w(self.q_proj).reshape(d, n * h)).reshape(b, t, n, h)
-    k = (x_BTD @ w(self.k_proj).reshape(d, kh * h)).reshape(b, t, kh, h)
-    v = (x_BTD @ w(self.v_proj).reshape(d, kh * h)).reshape(b, t, kh, h)
+    g = n // kh
+    qkv = x_BTD @ w(self.qkv_proj).reshape(d, -1)  # free reshapes
+    qkv = qkv.reshape(b, t, kh, g + 2, h)
     if cfg.qkv_bias:
-      q, k, v = q + w(self.q_bias), k + w(self.k_bias), v + w(self.v_bias)
+      qkv = qkv + w(self.qkv_bias)
+    q = qkv[:, :, :, :g].reshape(b, t, n, h)
+    k, v = qkv[:, :, :, g], qkv[:, :, :, g + 1]  # [B, T, K, H]
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, cos_BTH, sin_BTH)
     k = apply_rope(k, cos_BTH, sin_BTH)
+    k = jnp.transpose(k, (0, 2, 3, 1))  # [B, K, H, T]
+    v = jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, H]
     if kv is not None:
       k_cache, v_cache = kv
       k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
-                                       (0, cache_index, 0, 0))
+                                       (0, 0, 0, cache_index))
       v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
-                                       (0, cache_index, 0, 0))
+                                       (0, 0, cache_index, 0))
     out = attend(q, k.astype(dt), v.astype(dt), mask_BTS)
     out = out.reshape(b, t, n * h) @ w(self.o_proj).reshape(n * h, d)
     if cfg.o_bias:
@@ -168,27 +187,27 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
+  """SwiGLU MLP; `gate_up_proj` [D, 2, F] fuses the gate and up matmuls."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     pd = jnp.dtype(cfg.param_dtype)
     d, f = cfg.hidden_size, cfg.intermediate_size
     self.cfg = cfg
-    self.gate_proj = _normal(rngs, (d, f), pd)
-    self.up_proj = _normal(rngs, (d, f), pd)
+    self.gate_up_proj = _normal(rngs, (d, 2, f), pd)
     self.down_proj = _normal(rngs, (f, d), pd)
     if cfg.mlp_bias:
-      self.gate_bias = nnx.Param(jnp.zeros((f,), pd))
-      self.up_bias = nnx.Param(jnp.zeros((f,), pd))
+      self.gate_up_bias = nnx.Param(jnp.zeros((2, f), pd))
       self.down_bias = nnx.Param(jnp.zeros((d,), pd))
 
   def __call__(self, x_BTD):
     dt = x_BTD.dtype
     w = lambda p: p[...].astype(dt)
-    gate = x_BTD @ w(self.gate_proj)
-    up = x_BTD @ w(self.up_proj)
+    b, t, d = x_BTD.shape
+    gate_up = (x_BTD @ w(self.gate_up_proj).reshape(d, -1)).reshape(
+        b, t, 2, -1)
     if self.cfg.mlp_bias:
-      gate, up = gate + w(self.gate_bias), up + w(self.up_bias)
-    out = (jax.nn.silu(gate) * up) @ w(self.down_proj)
+      gate_up = gate_up + w(self.gate_up_bias)
+    out = (jax.nn.silu(gate_up[:, :, 0]) * gate_up[:, :, 1]) @ w(self.down_proj)
     if self.cfg.mlp_bias:
       out = out + w(self.down_bias)
     return out
@@ -224,7 +243,7 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BT, positions_BT=None, attention_mask_BT=None, *,
                cache: KVCache | None = None, cache_index=None,
-               last_only: bool = False):
+               last_only: bool = False, rope_table=None):
     """Forward pass.
 
     Args:
@@ -236,6 +255,7 @@ class Transformer(nnx.Module):
       cache: a `KVCache`; the new tokens are written at slot `cache_index`.
       cache_index: int32 scalar, first cache slot of the new tokens.
       last_only: return logits of the last position only ([B, 1, V]).
+      rope_table: optional `rope_table(cfg, n)` output covering every position.
 
     Returns:
       logits [B, T, V] float32, or (logits, new_cache) when `cache` is given.
@@ -252,9 +272,12 @@ class Transformer(nnx.Module):
       if cache is not None:
         positions_BT = positions_BT + jnp.sum(cache.mask_BS, 1,
                                               keepdims=True).astype(jnp.int32)
-    inv_freq = jnp.asarray(rope_inv_freq(cfg))
-    angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq
-    cos, sin = jnp.cos(angles), jnp.sin(angles)  # [B, T, H/2] each
+    if rope_table is None:
+      inv_freq = jnp.asarray(rope_inv_freq(cfg))
+      angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq
+      cos, sin = jnp.cos(angles), jnp.sin(angles)  # [B, T, H/2] each
+    else:
+      cos, sin = rope_table[0][positions_BT], rope_table[1][positions_BT]
 
     if cache is None:
       causal = jnp.tril(jnp.ones((t, t), bool))

@@ -1,0 +1,187 @@
+"""poly_epo.models: logit parity with transformers' PyTorch models, HF I/O."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from hf_fixtures import make_hf_model, save_hf_model
+from poly_epo.models import ModelConfig, init_model, load_hf, preset, save_hf
+
+KINDS = ["llama", "llama3-rope", "qwen2", "qwen3"]
+
+
+def _padded_batch(vocab, seed=0):
+  """Left-padded [3, 11] batch with real lengths 11, 6, 2 and its positions."""
+  rs = np.random.RandomState(seed)
+  tokens = rs.randint(0, vocab, (3, 11))
+  mask = np.zeros((3, 11), bool)
+  for row, n in enumerate((11, 6, 2)):
+    mask[row, 11 - n:] = True
+  tokens[~mask] = 0
+  positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  return tokens, mask, positions
+
+
+def _torch_logits(model, tokens, mask, positions):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(tokens),
+                 attention_mask=torch.tensor(mask.astype(np.int64)),
+                 position_ids=torch.tensor(positions)).logits.numpy()
+
+
+def _max_diff_on_valid(ours, ref, mask):
+  return float(np.abs(np.asarray(ours) - ref)[mask].max())
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def hf_checkpoint(request, tmp_path_factory):
+  model = make_hf_model(request.param)
+  path = str(tmp_path_factory.mktemp(request.param))
+  save_hf_model(model, path)
+  return request.param, model, path
+
+
+def test_logit_parity_left_padded(hf_checkpoint):
+  _, torch_model, path = hf_checkpoint
+  ours = load_hf(path)
+  tokens, mask, positions = _padded_batch(ours.cfg.vocab_size)
+  ref = _torch_logits(torch_model, tokens, mask, positions)
+  out = ours(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  assert out.shape == ref.shape
+  assert _max_diff_on_valid(out, ref, mask) < 1e-4
+  # Default positions (count of real tokens before each one) agree.
+  out2 = ours(jnp.asarray(tokens), None, jnp.asarray(mask))
+  assert _max_diff_on_valid(out2, ref, mask) < 1e-4
+
+
+def test_qwen3_config_features(hf_checkpoint):
+  kind, _, path = hf_checkpoint
+  cfg = ModelConfig.from_hf_json(path)
+  if kind == "qwen3":
+    assert cfg.qk_norm and not cfg.tie_embeddings and cfg.num_kv_heads == 2
+    assert cfg.head_dim == 24  # Not hidden / heads: read from config.json.
+  if kind == "qwen2":
+    assert cfg.qkv_bias and not cfg.o_bias and cfg.tie_embeddings
+
+
+def test_save_load_round_trip_and_torch_reads_it(hf_checkpoint, tmp_path):
+  _, torch_model, path = hf_checkpoint
+  ours = load_hf(path)
+  save_hf(ours, str(tmp_path / "rt"))
+  again = load_hf(str(tmp_path / "rt"))
+  tokens, mask, positions = _padded_batch(ours.cfg.vocab_size, seed=1)
+  ref = _torch_logits(torch_model, tokens, mask, positions)
+  out = again(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  assert _max_diff_on_valid(out, ref, mask) < 1e-4
+  # transformers' PyTorch class loads what we wrote, with the same logits.
+  import transformers
+  back = transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "rt")).float().eval()
+  ref2 = _torch_logits(back, tokens, mask, positions)
+  assert _max_diff_on_valid(ref2, ref, mask) < 1e-5
+
+
+def test_sharded_checkpoints_load(tmp_path):
+  torch_model = make_hf_model("qwen3", seed=3)
+  hf_dir = str(tmp_path / "hf_sharded")
+  save_hf_model(torch_model, hf_dir, max_shard_size="40KB")
+  files = [f for f in os.listdir(hf_dir) if f.endswith(".safetensors")]
+  assert len(files) > 1 and os.path.exists(
+      os.path.join(hf_dir, "model.safetensors.index.json"))
+  ours = load_hf(hf_dir)
+  tokens, mask, positions = _padded_batch(ours.cfg.vocab_size)
+  ref = _torch_logits(torch_model, tokens, mask, positions)
+  out = ours(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  assert _max_diff_on_valid(out, ref, mask) < 1e-4
+  # Our own sharded writer, read back by us.
+  save_hf(ours, str(tmp_path / "ours_sharded"), max_shard_bytes=30_000)
+  with open(tmp_path / "ours_sharded" / "model.safetensors.index.json") as f:
+    assert len(set(json.load(f)["weight_map"].values())) > 1
+  again = load_hf(str(tmp_path / "ours_sharded"))
+  out2 = again(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  np.testing.assert_array_equal(np.asarray(out2), np.asarray(out))
+
+
+def test_bfloat16_load():
+  torch_model = make_hf_model("qwen2")
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    save_hf_model(torch_model.to(torch.bfloat16), d)
+    ours = load_hf(d, dtype="bfloat16")
+  assert ours.embed[...].dtype == jnp.bfloat16
+  tokens, mask, positions = _padded_batch(ours.cfg.vocab_size)
+  ref = _torch_logits(torch_model.float(), tokens, mask, positions)
+  out = ours(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(mask))
+  assert out.dtype == jnp.float32
+  assert _max_diff_on_valid(out, ref, mask) < 0.1  # bf16 rounding only.
+
+
+@pytest.fixture()
+def qwen2_dir(tmp_path):
+  path = str(tmp_path / "qwen2")
+  save_hf_model(make_hf_model("qwen2"), path)
+  return path
+
+
+def _rewrite(path, fn):
+  fname = os.path.join(path, "model.safetensors")
+  tensors = load_file(fname)
+  fn(tensors)
+  save_file(tensors, fname, metadata={"format": "pt"})
+
+
+def test_missing_tensor_is_named(qwen2_dir):
+  name = "model.layers.1.self_attn.k_proj.bias"
+  _rewrite(qwen2_dir, lambda t: t.pop(name))
+  with pytest.raises(ValueError, match=name.replace(".", r"\.")):
+    load_hf(qwen2_dir)
+
+
+def test_wrong_shape_is_named(qwen2_dir):
+  name = "model.layers.0.mlp.up_proj.weight"
+  _rewrite(qwen2_dir, lambda t: t.__setitem__(name, t[name][:, :-1].copy()))
+  with pytest.raises(ValueError, match=name.replace(".", r"\.") + ".*shape"):
+    load_hf(qwen2_dir)
+
+
+def test_extra_tensor_is_named(qwen2_dir):
+  _rewrite(qwen2_dir, lambda t: t.__setitem__(
+      "model.layers.0.mlp.surprise", np.zeros(3, np.float32)))
+  with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.surprise"):
+    load_hf(qwen2_dir)
+
+
+def test_unknown_model_type_is_named(qwen2_dir):
+  cfg_file = os.path.join(qwen2_dir, "config.json")
+  with open(cfg_file) as f:
+    cfg = json.load(f)
+  cfg["model_type"] = "mamba"
+  with open(cfg_file, "w") as f:
+    json.dump(cfg, f)
+  with pytest.raises(ValueError, match="mamba"):
+    load_hf(qwen2_dir)
+
+
+def test_missing_folder_and_files(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    load_hf(str(tmp_path / "nowhere"))
+  os.makedirs(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    load_hf(str(tmp_path / "empty"))
+
+
+def test_presets_and_param_count():
+  model = init_model(preset("tiny", vocab_size=50))
+  from flax import nnx
+  n = sum(x.size for x in __import__("jax").tree.leaves(
+      nnx.state(model, nnx.Param)))
+  assert n == model.cfg.num_params
+  with pytest.raises(ValueError, match="unknown model preset"):
+    preset("gigantic")
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    preset("tiny", num_kv_heads=3)
