@@ -57,3 +57,32 @@ def test_registry_and_user_callables():
   # Same options -> the same bound function (one compile, not one per call).
   assert set_rl.get_objective("polychromic", require_multiple_clusters=True) \
       is set_rl.get_objective("polychromic", require_multiple_clusters=True)
+
+
+@pytest.mark.parametrize("name,options", [
+    ("mean", {}), ("max", {}), ("polychromic", {}),
+    ("polychromic", {"require_multiple_clusters": True})])
+def test_batched_forms_equal_per_set_forms(name, options):
+  fn = set_rl.get_objective(name, **options)
+  per_set = lambda r, l: fn(r, l)  # Same maths, no whole-table fast path.
+  rs = np.random.RandomState(9)
+  r = rs.rand(5, 9).astype(np.float32)
+  l = rs.randint(-1, 4, (5, 9))
+  fast = set_rl.set_advantages(r, l, objective=name, set_size=4, **options)
+  slow = set_rl.set_advantages(r, l, objective=per_set, set_size=4)
+  np.testing.assert_allclose(np.asarray(fast), np.asarray(slow), atol=1e-7)
+
+
+def test_distinct_per_set_bitmask_and_matmul_paths_agree():
+  from poly_epo.set_rl.objectives import distinct_per_set
+  rs = np.random.RandomState(10)
+  for big_n in (6, 32, 40):  # 40 > 32 takes the matmul path.
+    table = set_rl.subset_table(big_n, 3, num_sets=50, seed=0)
+    members = np.zeros((len(table), big_n), np.float32)
+    np.put_along_axis(members, table, 1.0, axis=1)
+    labels = rs.randint(-1, 6, (4, big_n))
+    got = np.asarray(distinct_per_set(jnp.asarray(table), jnp.asarray(members),
+                                      jnp.asarray(labels)))
+    want = [[len({labels[b, i] for i in s if labels[b, i] != DEG})
+             for s in table] for b in range(4)]
+    np.testing.assert_array_equal(got, want)

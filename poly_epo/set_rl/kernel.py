@@ -1,4 +1,4 @@
-"""The marginal set-advantage kernel (DESIGN 3.1), jitted and vmapped over prompts.
+"""The marginal set-advantage kernel (DESIGN 3.1), jitted, batched over prompts.
 
 For each prompt: score every set S in the subset table with the objective f,
 baseline b = mean f over the sets, A(S) = f(S) - b, and give response i the
@@ -69,24 +69,28 @@ def marginal_advantages(rewards_BN, labels_BN, valid_BN, subsets_Kn, *,
   set_size = subsets_Kn.shape[1]
   dtype = rewards_BN.dtype
   members_KN = jnp.sum(jax.nn.one_hot(subsets_Kn, n_resp, dtype=dtype), 1)
-
-  def one_prompt(r_N, l_N, v_N):
-    f_K = jax.vmap(objective)(r_N[subsets_Kn], l_N[subsets_Kn]).astype(dtype)
-    w_K = jnp.all(v_N[subsets_Kn], axis=1)
-    n_sets = jnp.sum(w_K)
-    f_K = jnp.where(w_K, f_K, 0.0)
-    baseline = jnp.sum(f_K) / jnp.maximum(n_sets, 1).astype(dtype)
-    f_max = jnp.max(jnp.where(w_K, f_K, -jnp.inf))
-    f_min = jnp.min(jnp.where(w_K, f_K, jnp.inf))
-    adv_K = jnp.where(w_K & (f_max != f_min), f_K - baseline, 0.0)
-    total_N = adv_K @ members_KN
-    if reduce == "mean":
-      count_N = w_K.astype(dtype) @ members_KN
-      total_N = total_N / jnp.maximum(count_N, 1.0)
-    enough = jnp.sum(v_N) >= set_size
-    return jnp.where(v_N & enough, total_N, 0.0)
-
-  return jax.vmap(one_prompt)(rewards_BN, labels_BN, valid_BN)
+  batched = obj_lib.batched_form(objective)
+  if batched is not None:  # Whole-batch matmul form of a built-in objective.
+    f_BK = batched(subsets_Kn, members_KN, rewards_BN, labels_BN).astype(dtype)
+  else:  # Any per-set callable, vmapped over sets and prompts.
+    per_prompt = jax.vmap(objective)
+    f_BK = jax.vmap(lambda r, l: per_prompt(r[subsets_Kn], l[subsets_Kn]))(
+        rewards_BN, labels_BN).astype(dtype)
+  # A set counts only if none of its members is invalid.
+  invalid_BN = (~valid_BN).astype(dtype)
+  w_BK = jnp.einsum("kn,bn->bk", members_KN, invalid_BN) == 0
+  n_sets_B1 = jnp.sum(w_BK, axis=1, keepdims=True).astype(dtype)
+  f_BK = jnp.where(w_BK, f_BK, 0.0)
+  baseline_B1 = jnp.sum(f_BK, 1, keepdims=True) / jnp.maximum(n_sets_B1, 1.0)
+  f_max = jnp.max(jnp.where(w_BK, f_BK, -jnp.inf), axis=1, keepdims=True)
+  f_min = jnp.min(jnp.where(w_BK, f_BK, jnp.inf), axis=1, keepdims=True)
+  adv_BK = jnp.where(w_BK & (f_max != f_min), f_BK - baseline_B1, 0.0)
+  total_BN = adv_BK @ members_KN
+  if reduce == "mean":
+    count_BN = w_BK.astype(dtype) @ members_KN
+    total_BN = total_BN / jnp.maximum(count_BN, 1.0)
+  enough_B1 = jnp.sum(valid_BN, axis=1, keepdims=True) >= set_size
+  return jnp.where(valid_BN & enough_B1, total_BN, 0.0)
 
 
 def set_advantages(rewards, labels, *, objective="polychromic",

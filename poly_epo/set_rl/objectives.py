@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 # The reserved strategy label for gibberish, guessing, code instead of maths,
@@ -71,7 +72,84 @@ def distinct_labels(labels_n) -> jnp.ndarray:
   return jnp.sum(first & (labels_n != DEGENERATE)).astype(jnp.int32)
 
 
+def with_batched_form(batched):
+  """Attach a whole-batch form `batched(subsets_Kn, members_KN, rewards_BN,
+  labels_BN, **options) -> f_BK` (every set of every prompt at once; members
+  is the 0/1 [K, N] membership table) to an objective. An optional fast path:
+  it must equal vmapping the per-set form (the tests compare them)."""
+  def wrap(fn):
+    fn.batched = batched
+    return fn
+  return wrap
+
+
+def batched_form(fn):
+  """The objective's whole-batch form with its options bound, or None."""
+  inner = fn.func if isinstance(fn, functools.partial) else fn
+  batched = getattr(inner, "batched", None)
+  if batched is None:
+    return None
+  if isinstance(fn, functools.partial):
+    return functools.partial(batched, **fn.keywords)
+  return batched
+
+
+def strategy_onehot(labels_BN, dtype):
+  """[B, N, N]: response i's strategy class (the index of the first response
+  with its label) as a one-hot row; all-zero rows for DEGENERATE."""
+  n = labels_BN.shape[-1]
+  same = labels_BN[..., :, None] == labels_BN[..., None, :]
+  canon = jnp.argmax(same, axis=-1)  # First j with the same label.
+  onehot = canon[..., None] == jnp.arange(n)
+  return (onehot & (labels_BN != DEGENERATE)[..., None]).astype(dtype)
+
+
+def _set_means(subsets_Kn, members_KN, rewards_BN):
+  return jnp.einsum("kn,bn->bk", members_KN, rewards_BN) / subsets_Kn.shape[1]
+
+
+def _mean_batched(subsets_Kn, members_KN, rewards_BN, labels_BN):
+  del labels_BN
+  return _set_means(subsets_Kn, members_KN, rewards_BN)
+
+
+def _max_batched(subsets_Kn, members_KN, rewards_BN, labels_BN):
+  del members_KN, labels_BN
+  return jnp.max(rewards_BN[:, subsets_Kn], axis=-1)
+
+
+def distinct_per_set(subsets_Kn, members_KN, labels_BN):
+  """Distinct non-DEGENERATE labels of every set of every prompt: int [B, K].
+
+  Up to 32 responses: each response carries the bit of its strategy class;
+  a set's distinct count is the popcount of its members' OR (no [B, K, N]
+  intermediate). Beyond 32: counts per class by one matmul.
+  """
+  n = labels_BN.shape[-1]
+  if n <= 32:
+    same = labels_BN[..., :, None] == labels_BN[..., None, :]
+    canon = jnp.argmax(same, axis=-1).astype(jnp.uint32)
+    bits_BN = jnp.where(labels_BN != DEGENERATE,
+                        jnp.left_shift(jnp.uint32(1), canon), jnp.uint32(0))
+    union_BK = jax.lax.reduce(bits_BN[:, subsets_Kn], jnp.uint32(0),
+                              jax.lax.bitwise_or, (2,))
+    return jax.lax.population_count(union_BK).astype(jnp.int32)
+  counts_BKN = jnp.einsum("kn,bnj->bkj", members_KN,
+                          strategy_onehot(labels_BN, members_KN.dtype))
+  return jnp.sum(counts_BKN > 0, axis=-1).astype(jnp.int32)
+
+
+def _polychromic_batched(subsets_Kn, members_KN, rewards_BN, labels_BN,
+                         require_multiple_clusters: bool = False):
+  distinct_BK = distinct_per_set(subsets_Kn, members_KN, labels_BN)
+  diversity = distinct_BK.astype(rewards_BN.dtype) / subsets_Kn.shape[1]
+  if require_multiple_clusters:
+    diversity = jnp.where(distinct_BK >= 2, diversity, 0.0)
+  return _set_means(subsets_Kn, members_KN, rewards_BN) * diversity
+
+
 @register_objective("mean")
+@with_batched_form(_mean_batched)
 def mean_reward(rewards_n, labels_n):
   """(1/n) sum r_i."""
   del labels_n
@@ -79,6 +157,7 @@ def mean_reward(rewards_n, labels_n):
 
 
 @register_objective("max")
+@with_batched_form(_max_batched)
 def max_reward(rewards_n, labels_n):
   """max r_i: pass@n for binary rewards."""
   del labels_n
@@ -86,6 +165,7 @@ def max_reward(rewards_n, labels_n):
 
 
 @register_objective("polychromic")
+@with_batched_form(_polychromic_batched)
 def polychromic(rewards_n, labels_n, require_multiple_clusters: bool = False):
   """Poly-EPO: mean reward x (distinct non-DEGENERATE labels / n).
 
