@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from absl import app
+from absl import app, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -91,6 +91,7 @@ def run_demo(cfg) -> dict:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config=configs/<exp>.py is required")

@@ -1,0 +1,75 @@
+"""Evaluation metrics (DESIGN 3.6): pass@k, majority@k, strategy counts,
+branching. Pure numpy on host-side results."""
+
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+import numpy as np
+
+
+def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
+  """Unbiased pass@k = 1 - C(m-c, k) / C(m, k), as a stable product.
+
+  C(m-c, k)/C(m, k) = prod_{i=m-c+1}^{m} (1 - k/i), never forming large
+  binomials.
+  """
+  m, c = num_samples, num_correct
+  if not 0 <= c <= m or not 1 <= k <= m:
+    raise ValueError(f"pass@k needs 0 <= c <= m and 1 <= k <= m; got m={m}, "
+                     f"c={c}, k={k}")
+  if m - c < k:
+    return 1.0
+  return float(1.0 - np.prod(1.0 - k / np.arange(m - c + 1, m + 1)))
+
+
+def pass_at_k_curve(correct_PM, ks: Sequence[int] | None = None) -> dict:
+  """Mean pass@k over prompts for each k (default 1, 2, 4, ..., m).
+
+  correct_PM: bool [P, M] (prompt x sample).
+  """
+  correct = np.asarray(correct_PM, bool)
+  m = correct.shape[1]
+  if ks is None:
+    ks = sorted({min(2**i, m) for i in range(m.bit_length())} | {m})
+  counts = correct.sum(1)
+  return {k: float(np.mean([pass_at_k(m, int(c), k) for c in counts]))
+          for k in ks}
+
+
+def distinct_correct(labels_PM, correct_PM) -> np.ndarray:
+  """Distinct strategy labels (non-negative) among correct responses: [P]."""
+  labels = np.asarray(labels_PM)
+  correct = np.asarray(correct_PM, bool)
+  return np.array([len({int(l) for l, c in zip(row_l, row_c) if c and l >= 0})
+                   for row_l, row_c in zip(labels, correct)])
+
+
+def majority_at_k(answers: Sequence[Sequence], correct_answers: Sequence,
+                  k: int) -> tuple[float, float]:
+  """(accuracy, mean winning vote share) of majority voting over the first k
+  answers per prompt (None answers abstain; ties go to the first seen)."""
+  accs, shares = [], []
+  for row, truth in zip(answers, correct_answers):
+    votes = collections.Counter(a for a in row[:k] if a is not None)
+    if not votes:
+      accs.append(0.0)
+      shares.append(0.0)
+      continue
+    winner, n = votes.most_common(1)[0]
+    accs.append(float(winner == truth))
+    shares.append(n / k)
+  return float(np.mean(accs)), float(np.mean(shares))
+
+
+def branching(tokens_ML, mask_ML) -> np.ndarray:
+  """Distinct token prefixes at each position over the m samples: [L]."""
+  tokens = np.asarray(tokens_ML)
+  mask = np.asarray(mask_ML, bool)
+  out = []
+  for t in range(tokens.shape[1]):
+    alive = mask[:, t]
+    prefixes = {tuple(row[:t + 1]) for row, a in zip(tokens, alive) if a}
+    out.append(len(prefixes))
+  return np.array(out)
