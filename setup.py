@@ -23,10 +23,11 @@ setup(
         "tqdm",
         "tensorboardX",
         "matplotlib",
+        "math-verify",
     ],
     extras_require={
         # torch only serves the logit-parity tests against transformers'
         # PyTorch models; pinned exactly so pip takes the CPU build.
-        "test": ["pytest", "torch==2.13.0"],
+        "test": ["pytest", "torch==2.13.0", "pyarrow"],
     },
 )

@@ -1,0 +1,145 @@
+"""poly_epo.judges: rubric parsing, failure rules, the HTTP judge against a
+local server, and the in-process judge's plumbing on a tiny random model."""
+
+import http.server
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from poly_epo import judges
+from poly_epo.set_rl import DEGENERATE
+
+
+def test_parse_labels():
+  assert judges.parse_labels('{"labels": ["A", "B", "A", "DEGENERATE"]}',
+                             4) == [0, 1, 0, DEGENERATE]
+  assert judges.parse_labels('Sure! {"labels": [2, 2, 5]} done', 3) == \
+      [0, 0, 1]
+  with pytest.raises(judges.JudgeCountError):
+    judges.parse_labels('{"labels": ["A"]}', 2)
+  with pytest.raises(judges.JudgeFormatError):
+    judges.parse_labels("no json here", 2)
+  with pytest.raises(judges.JudgeFormatError):
+    judges.parse_labels('{"labels": [null, "A"]}', 2)
+  prompt = judges.build_prompt("2+2?", ["4", "four"])
+  assert "Attempt 2:\nfour" in prompt and "DEGENERATE" in prompt
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+  script: list = []  # Replies, consumed one per request.
+  requests: list = []
+
+  def do_POST(self):  # noqa: N802
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    _Handler.requests.append(body)
+    mode = _Handler.script.pop(0) if _Handler.script else "good"
+    n = int(re.search(r"There are (\d+) attempts",
+                      body["messages"][0]["content"]).group(1))
+    if mode == "slow":
+      time.sleep(1.0)
+      mode = "good"
+    if mode == "500":
+      self.send_response(500)
+      self.end_headers()
+      return
+    content = {"good": json.dumps({"labels": ["A", "B"] * (n // 2)
+                                   + ["A"] * (n % 2)}),
+               "malformed": "{labels: [A, B",
+               "wrong_count": json.dumps({"labels": ["A"] * (n + 1)})}[mode]
+    data = json.dumps({"choices": [{"message": {"content": content}}]})
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.end_headers()
+    self.wfile.write(data.encode())
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def server():
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+  srv.shutdown()
+
+
+def _judge(url, **kw):
+  kw.setdefault("timeout", 0.5)
+  kw.setdefault("backoff", 0.01)
+  return judges.HttpJudge(url, "judge-4b", **kw)
+
+
+def test_http_good_and_cache(server, tmp_path):
+  _Handler.script[:] = ["good"]
+  cache = str(tmp_path / "cache.jsonl")
+  j = _judge(server, cache_path=cache)
+  res = j.cluster("p", ["a", "b", "c", "d"])
+  assert res == judges.JudgeResult([0, 1, 0, 1], True, "ok")
+  n_requests = len(_Handler.requests)
+  assert j.cluster("p", ["a", "b", "c", "d"]).labels == [0, 1, 0, 1]
+  assert len(_Handler.requests) == n_requests  # Served from the cache.
+  again = _judge(server, cache_path=cache)  # A resumed run reads the file.
+  assert again.cluster("p", ["a", "b", "c", "d"]).status == "ok"
+  assert len(_Handler.requests) == n_requests
+  assert again.counts["cache_hit"] == 1
+
+
+def test_http_malformed_means_all_distinct(server):
+  _Handler.script[:] = ["malformed"]
+  j = _judge(server)
+  res = j.cluster("q1", ["a", "b", "c"])
+  assert res == judges.JudgeResult([0, 1, 2], True, "failed")
+  assert j.counts["failed"] == 1
+
+
+def test_http_wrong_count_invalidates_prompt(server):
+  _Handler.script[:] = ["wrong_count"]
+  j = _judge(server)
+  res = j.cluster("q2", ["a", "b", "c"])
+  assert not res.valid and res.status == "wrong_count"
+  assert j.counts["wrong_count"] == 1
+
+
+def test_http_timeout_then_failure_rule(server):
+  _Handler.script[:] = ["slow", "slow"]
+  j = _judge(server, timeout=0.2, max_retries=1)
+  t0 = time.perf_counter()
+  res = j.cluster("q3", ["a", "b"])
+  assert res.status == "failed" and res.labels == [0, 1]
+  assert j.counts["retry"] == 1 and time.perf_counter() - t0 < 3
+
+
+def test_http_500_is_retried(server):
+  _Handler.script[:] = ["500", "500", "good"]
+  j = _judge(server, max_retries=3)
+  res = j.cluster("q4", ["a", "b"])
+  assert res.status == "ok" and j.counts["retry"] == 2
+
+
+def test_http_concurrency(server):
+  _Handler.script[:] = []
+  j = _judge(server, max_concurrency=4)
+  results = j.cluster_many([f"q{i}" for i in range(8)], [["a", "b"]] * 8)
+  assert all(r.status == "ok" for r in results)
+
+
+def test_in_process_judge_plumbing(tmp_path):
+  from poly_epo.models import init_model, preset, save_hf
+  from poly_epo.tokenizer import char_tokenizer
+  tok = char_tokenizer()
+  model = init_model(preset("tiny", vocab_size=len(tok), model_type="qwen3"))
+  save_hf(model, str(tmp_path), tokenizer=tok)
+  j = judges.InProcessJudge(str(tmp_path), max_new_tokens=8,
+                            max_prompt_tokens=4096)
+  reply = j.complete("hello")
+  assert isinstance(reply, str)
+  res = j.cluster("2+2?", ["4", "four", "5"])
+  # A random model writes nonsense: the failure rule applies, no crash.
+  assert res.status in ("failed", "wrong_count", "ok")
+  assert len(res.labels) == 3
+  assert sum(j.counts.values()) == 1
