@@ -1,0 +1,90 @@
+"""The device mesh and every partitioning rule, in one place.
+
+Mesh axes: `data` (batch), `fsdp` (batch, and parameter dims sharded ZeRO-3
+style), `tensor` (heads / MLP width / vocab). Their sizes multiply to the
+device count; on a multi-host TPU pod call `jax.distributed.initialize()`
+first (`poly_epo.train` does when `config.distributed` is set).
+
+A dimension is sharded only when the mesh axis divides it; otherwise it is
+replicated, so the same rules serve a 0.4M-parameter model on 8 CPU devices
+and a 4B model on a pod.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")  # The batch dimension is split over both.
+
+# Parameter name -> spec of its dims (see models/transformer.py for shapes).
+_PARAM_RULES = {
+    "embed": ("tensor", "fsdp"),  # [V, D]
+    "lm_head": ("tensor", "fsdp"),  # [V, D]
+    "qkv_proj": ("fsdp", "tensor", None, None),  # [D, K, G+2, H]
+    "qkv_bias": ("tensor", None, None),  # [K, G+2, H]
+    "o_proj": ("tensor", None, "fsdp"),  # [N, H, D]
+    "gate_up_proj": ("fsdp", None, "tensor"),  # [D, 2, F]
+    "gate_up_bias": (None, "tensor"),  # [2, F]
+    "down_proj": ("tensor", "fsdp"),  # [F, D]
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
+              devices=None) -> jax.sharding.Mesh:
+  """A (data, fsdp, tensor) mesh; errors name the config fields."""
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
+  for name, size in sizes.items():
+    if size < 1:
+      raise ValueError(f"config.{name}={size} must be >= 1")
+  if data * fsdp * tensor != len(devices):
+    raise ValueError(
+        f"config.mesh.data x fsdp x tensor = {data} x {fsdp} x {tensor} = "
+        f"{data * fsdp * tensor}, but there are {len(devices)} devices")
+  return jax.make_mesh((data, fsdp, tensor), AXES, devices=devices,
+                       axis_types=(AxisType.Auto,) * 3)
+
+
+def _fit(spec, shape, mesh) -> P:
+  """Drop mesh axes that do not divide their dimension."""
+  out = []
+  for axis, dim in zip(spec, shape):
+    names = axis if isinstance(axis, tuple) else (axis,)
+    size = int(np.prod([mesh.shape[a] for a in names if a]))
+    out.append(axis if axis and dim % size == 0 else None)
+  return P(*out)
+
+
+def param_spec(path, shape, mesh) -> P:
+  """The spec of one parameter from its name (the last path element)."""
+  name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
+  rule = _PARAM_RULES.get(name)
+  if rule is None or len(rule) != len(shape):
+    return P()  # Norm scales, small biases: replicated.
+  return _fit(rule, shape, mesh)
+
+
+def tree_shardings(tree, mesh):
+  """NamedShardings for a params-like tree (optimizer states included: their
+  leaves mirror the params' paths; scalars such as Adam's count replicate)."""
+  def one(path, leaf):
+    shape = getattr(leaf, "shape", ())
+    if not shape:
+      return NamedSharding(mesh, P())
+    names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+    names = [n for n in names if isinstance(n, str) and n != "value"]
+    return NamedSharding(mesh, param_spec(names[-1:] or [""], shape, mesh))
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh, ndim: int) -> NamedSharding:
+  """Leading (batch) dim over (data, fsdp); the rest replicated."""
+  return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,142 @@
+"""The policy update: one jitted, sharded function over a whole rollout batch.
+
+The rollout's S = B * N sequences are split into `num_minibatches` optimizer
+steps (contiguous, so whole prompt groups stay together), each accumulated
+exactly over `num_microbatches` micro-batches: the loss numerators' gradients
+and the denominators are summed, then divided once (losses.py). A minibatch
+whose loss or gradient is not finite is skipped (params and optimizer state
+kept) and counted. Old log-probs are the sampler's (not recomputed by a
+separate forward pass): they equal the trainer's own log-probs to ~1e-5
+(tests/test_sampling.py), so the first minibatch's ratios are 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from poly_epo import losses, sharding
+
+
+class RolloutBatch(NamedTuple):
+  """S sequences of T = P + L tokens (left-padded prompt, then completion).
+
+  tokens_ST int32, attn_ST bool (real tokens), mask_SL bool (valid completion
+  tokens), old_logp_SL float32, adv_S float32.
+  """
+  tokens_ST: jax.Array
+  attn_ST: jax.Array
+  mask_SL: jax.Array
+  old_logp_SL: jax.Array
+  adv_S: jax.Array
+
+
+def make_optimizer(lr: float, *, weight_decay: float, grad_clip: float,
+                   warmup_steps: int = 0, total_steps: int = 1,
+                   schedule: str = "constant") -> optax.GradientTransformation:
+  """AdamW with grad-norm clipping and a constant or cosine lr schedule."""
+  if schedule == "constant":
+    sched = optax.join_schedules(
+        [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
+         optax.constant_schedule(lr)], [max(warmup_steps, 1)]) \
+        if warmup_steps else optax.constant_schedule(lr)
+  elif schedule == "cosine":
+    sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup_steps, 1),
+                                               max(total_steps, 2), lr * 0.1)
+  else:
+    raise ValueError(f"config.lr_schedule={schedule!r}: 'constant' or 'cosine'")
+  return optax.chain(optax.clip_by_global_norm(grad_clip),
+                     optax.adamw(sched, weight_decay=weight_decay))
+
+
+_MIN_METRICS = ("ratio_min",)
+_MAX_METRICS = ("ratio_max",)
+
+
+def _reduce_metrics(metrics: dict) -> dict:
+  out = {}
+  for k, v in metrics.items():
+    if k in _MIN_METRICS:
+      out[k] = jnp.min(v)
+    elif k in _MAX_METRICS:
+      out[k] = jnp.max(v)
+    elif k in ("skipped", "num_tokens"):
+      out[k] = jnp.sum(v)
+    else:
+      out[k] = jnp.mean(v)
+  return out
+
+
+def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
+                   prompt_len: int, num_minibatches: int = 1,
+                   num_microbatches: int = 1, temperature: float = 1.0,
+                   loss_options: dict | None = None):
+  """Returns update(params, opt_state, batch) -> (params, opt_state, metrics),
+  jitted with explicit shardings and donated params/optimizer state."""
+  loss_options = dict(loss_options or {})
+
+  def micro_loss(params, mb: RolloutBatch):
+    model = nnx.merge(graphdef, params)
+    logits = model(mb.tokens_ST, None, mb.attn_ST)
+    length = mb.mask_SL.shape[1]
+    logits_L = logits[:, prompt_len - 1:prompt_len - 1 + length]
+    logp = losses.token_logprobs(logits_L, mb.tokens_ST[:, prompt_len:],
+                                 temperature)
+    parts = losses.policy_loss(logp, mb.old_logp_SL, mb.adv_S, mb.mask_SL,
+                               logits_BLV=logits_L, temperature=temperature,
+                               **loss_options)
+    return parts.numerator, (parts.denominator, parts.metrics)
+
+  grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+  def minibatch_step(carry, mb):
+    params, opt_state = carry
+
+    def micro(acc, m):
+      g_acc, num_acc, den_acc = acc
+      (num, (den, met)), g = grad_fn(params, m)
+      g_acc = jax.tree.map(jnp.add, g_acc, g)
+      return (g_acc, num_acc + num, den_acc + den), met
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (g, num, den), mets = jax.lax.scan(micro, (zeros, 0.0, 0.0), mb)
+    den = jnp.maximum(den, 1.0)
+    g = jax.tree.map(lambda x: x / den, g)
+    loss = num / den
+    gnorm = optax.tree.norm(g)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    updates, new_opt = tx.update(g, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(
+        lambda a, b: jnp.where(ok, a, b), new, old)
+    metrics = _reduce_metrics(mets)
+    metrics.update(loss=loss, grad_norm=gnorm,
+                   skipped=(~ok).astype(jnp.int32))
+    return (keep(new_params, params), keep(new_opt, opt_state)), metrics
+
+  def update(params, opt_state, batch: RolloutBatch):
+    s = batch.adv_S.shape[0]
+    per = s // (num_minibatches * num_microbatches)
+
+    def split(x):
+      x = x.reshape((num_minibatches, num_microbatches, per) + x.shape[1:])
+      spec = P(None, None, sharding.BATCH, *([None] * (x.ndim - 3)))
+      return jax.lax.with_sharding_constraint(
+          x, jax.sharding.NamedSharding(mesh, spec))
+
+    (params, opt_state), metrics = jax.lax.scan(
+        minibatch_step, (params, opt_state), jax.tree.map(split, batch))
+    return params, opt_state, _reduce_metrics(metrics)
+
+  batch_sh = RolloutBatch(*(sharding.batch_sharding(mesh, n)
+                            for n in (2, 2, 2, 2, 1)))
+  return jax.jit(update,
+                 in_shardings=(params_sharding, opt_sharding, batch_sh),
+                 out_shardings=(params_sharding, opt_sharding,
+                                sharding.replicated(mesh)),
+                 donate_argnums=(0, 1))
