@@ -19,17 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from absl import app, logging
+from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
 from poly_epo import checkpointing, evaluate, tasks
 from poly_epo.models import init_model, preset
 from poly_epo.tokenizer import char_tokenizer
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py).", lock_config=True)
-
 
 def encode_corpus(tokenizer, pairs, width: int | None = None):
   """(tokens int32 [E, W], loss_mask bool [E, W], attn_mask bool [E, W]):
@@ -134,7 +130,7 @@ def pretrain(cfg, progress: bool = True) -> dict:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
-  cfg = _CONFIG.value
+  cfg = flags.FLAGS.config
   if cfg is None:
     raise app.UsageError("--config=configs/<task>.py is required")
   s = pretrain(cfg)
@@ -151,4 +147,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (configs/*.py).",
+      lock_config=True)
   sys.exit(app.run(main))

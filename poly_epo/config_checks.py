@@ -1,0 +1,56 @@
+"""Fail fast, before any compile, on configs that cannot work; every message
+names the config field."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+
+from poly_epo import losses, set_rl, tasks
+
+
+def check_config(cfg) -> None:
+  def need(cond, field, msg):
+    if not cond:
+      raise ValueError(f"config.{field}: {msg}")
+
+  need(cfg.algorithm in set_rl.algorithm_names(), "algorithm",
+       f"unknown algorithm {cfg.algorithm!r}; known: "
+       f"{', '.join(set_rl.algorithm_names())}")
+  need(cfg.task.name in tasks.task_names(), "task.name",
+       f"unknown task {cfg.task.name!r}; known: "
+       f"{', '.join(tasks.task_names())}")
+  need(cfg.num_samples >= 2, "num_samples", "needs at least 2 samples")
+  need(1 <= cfg.set_size <= cfg.num_samples, "set_size",
+       f"{cfg.set_size} must be between 1 and num_samples={cfg.num_samples}")
+  need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")
+  need(cfg.loss.aggregation in losses.AGGREGATIONS, "loss.aggregation",
+       f"one of {losses.AGGREGATIONS}")
+  need(cfg.steps >= 1 and cfg.prompts_per_step >= 1, "steps",
+       "steps and prompts_per_step must be >= 1")
+  seqs = cfg.prompts_per_step * cfg.num_samples
+  chunks = cfg.num_minibatches * cfg.num_microbatches
+  need(cfg.num_minibatches >= 1 and cfg.num_microbatches >= 1,
+       "num_minibatches", "num_minibatches and num_microbatches must be >= 1")
+  need(seqs % chunks == 0, "num_minibatches",
+       f"prompts_per_step x num_samples = {seqs} sequences do not split into "
+       f"num_minibatches x num_microbatches = {chunks} equal parts")
+  n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.tensor
+  need(n_dev == jax.device_count(), "mesh",
+       f"data x fsdp x tensor = {n_dev} but there are {jax.device_count()} "
+       "devices")
+  batch_shards = cfg.mesh.data * cfg.mesh.fsdp
+  need((seqs // chunks) % batch_shards == 0, "mesh.data",
+       f"micro-batches of {seqs // chunks} sequences do not split over "
+       f"data x fsdp = {batch_shards} devices")
+  if cfg.base_policy:
+    need(os.path.isdir(cfg.base_policy), "base_policy",
+         f"no checkpoint folder at {cfg.base_policy!r}")
+  need(cfg.judge.kind in ("task", "http", "inprocess"), "judge.kind",
+       "'task' (programmatic labels), 'http' or 'inprocess'")
+  if cfg.judge.kind == "http":
+    need(bool(cfg.judge.url), "judge.url", "the HTTP judge needs a base URL")
+  if cfg.judge.kind == "inprocess":
+    need(os.path.isdir(cfg.judge.path), "judge.path",
+         f"no model folder at {cfg.judge.path!r}")

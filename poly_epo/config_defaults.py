@@ -1,0 +1,88 @@
+"""Every config field, with its default and one comment. `configs/*.py` start
+from `base_config()` and override what their experiment changes."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # Every random choice (init, prompts, sampling, sets) flows from it.
+  c.workdir = "runs/experiment"  # Checkpoints, metrics, base policy, results.
+  c.progress = True  # tqdm progress bars.
+  c.distributed = False  # Call jax.distributed.initialize() (multi-host pods).
+
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "polynomial"  # A registered task (poly_epo.tasks).
+  c.task.options = ml_collections.ConfigDict()  # Its constructor options.
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"  # Preset of a pretrained-from-scratch base policy.
+  c.base_policy = ""  # Policy folder to start from; "" = <workdir>/base,
+  # pretrained there when missing (embedded tasks).
+
+  c.pretrain = ml_collections.ConfigDict()
+  c.pretrain.steps = 800  # Optimizer steps (one fresh corpus batch each).
+  c.pretrain.batch_size = 128  # Corpus examples per step.
+  c.pretrain.lr = 3e-3  # Peak AdamW lr (warmup, cosine to 10%).
+  c.pretrain.weight_decay = 0.01  # AdamW weight decay.
+  c.pretrain.eval_prompts = 64  # Held-out prompts evaluated after pretraining.
+  c.pretrain.eval_samples = 32  # m samples per held-out prompt there.
+
+  c.algorithm = "polyepo"  # polyepo | grpo | drgrpo | rloo | grpo_div | passk
+  # | any set objective (mean, max, polychromic, registered ones).
+  c.set_size = 4  # n: responses per set (and k of passk).
+  c.num_sets = 0  # Sets sampled per prompt; 0 = all C(N, n).
+  c.reduce = "mean"  # Marginal advantage: mean (authors' code) or sum.
+  c.objective_options = ml_collections.ConfigDict()  # E.g.
+  # require_multiple_clusters=True for polychromic.
+  c.baseline_options = ml_collections.ConfigDict()  # Per-baseline options:
+  c.baseline_options.grpo = ml_collections.ConfigDict(
+      {"ddof": 1, "eps": 1e-6})  # GRPO std: ddof and epsilon.
+  c.baseline_options.grpo_div = ml_collections.ConfigDict(
+      {"div_coef": 0.5})  # Weight of the cluster-rarity bonus.
+
+  c.steps = 120  # RL steps (one rollout batch each).
+  c.prompts_per_step = 32  # B prompts per rollout batch.
+  c.num_samples = 8  # N responses per prompt.
+  c.num_minibatches = 1  # Optimizer steps per rollout batch (1 epoch).
+  c.num_microbatches = 1  # Gradient-accumulation chunks per minibatch.
+  c.max_prompt_tokens = 32  # Prompts are left-padded to this width.
+  c.max_new_tokens = 12  # Response length cap L.
+  c.temperature = 1.0  # Sampling temperature (also used in the loss).
+  c.top_p = 1.0  # Nucleus sampling (1.0 = off).
+  c.top_k = 0  # Top-k sampling (0 = off).
+
+  c.lr = 3e-4  # AdamW learning rate.
+  c.lr_schedule = "constant"  # constant | cosine.
+  c.warmup_steps = 0  # Linear warmup steps.
+  c.weight_decay = 0.01  # AdamW weight decay.
+  c.grad_clip = 1.0  # Global grad-norm clip.
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.eps_low = 0.2  # PPO clip below 1.
+  c.loss.eps_high = 0.28  # PPO clip above 1 (clip-higher).
+  c.loss.dual_clip = 3.0  # Dual clip for negative advantages (0 = off).
+  c.loss.aggregation = "seq-mean-token-sum-norm"  # See poly_epo/losses.py.
+  c.loss.entropy_coef = 0.0  # Entropy bonus weight (off).
+
+  c.judge = ml_collections.ConfigDict()
+  c.judge.kind = "task"  # task (programmatic labels) | http | inprocess.
+  c.judge.url = ""  # OpenAI-compatible base URL (http).
+  c.judge.model = ""  # Model name sent to the endpoint (http).
+  c.judge.path = ""  # Local HF model folder (inprocess).
+  c.judge.timeout = 60.0  # Seconds per judge request (http).
+  c.judge.max_concurrency = 8  # Parallel judge requests (http).
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1  # Data-parallel devices.
+  c.mesh.fsdp = 1  # FSDP devices (params and batch sharded).
+  c.mesh.tensor = 1  # Tensor-parallel devices.
+
+  c.eval_every = 40  # Held-out evaluation every this many steps (0 = end only).
+  c.eval_prompts = 64  # Held-out prompts per evaluation.
+  c.eval_samples = 32  # m samples per held-out prompt (pass@1..m).
+  c.ckpt_every = 20  # Checkpoint every this many steps (and at the end).
+  c.keep_checkpoints = 2  # Checkpoints kept.
+  c.max_nan_steps = 3  # Stop after this many skipped (non-finite) updates
+  # in a row.
+  return c
