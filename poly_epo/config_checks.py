@@ -7,7 +7,7 @@ import os
 
 import jax
 
-from poly_epo import losses, set_rl, tasks
+from poly_epo import losses, set_rl, sharding, tasks
 
 
 def check_config(cfg) -> None:
@@ -36,11 +36,15 @@ def check_config(cfg) -> None:
   need(seqs % chunks == 0, "num_minibatches",
        f"prompts_per_step x num_samples = {seqs} sequences do not split into "
        f"num_minibatches x num_microbatches = {chunks} equal parts")
-  n_dev = cfg.mesh.data * cfg.mesh.fsdp * cfg.mesh.tensor
+  data = sharding.resolve_data_axis(cfg.mesh.data, cfg.mesh.fsdp,
+                                    cfg.mesh.tensor, jax.device_count())
+  n_dev = data * cfg.mesh.fsdp * cfg.mesh.tensor
+  need(min(data, cfg.mesh.fsdp, cfg.mesh.tensor) >= 1, "mesh",
+       "mesh sizes must be >= 1 (data may be 0: all remaining devices)")
   need(n_dev == jax.device_count(), "mesh",
        f"data x fsdp x tensor = {n_dev} but there are {jax.device_count()} "
        "devices")
-  batch_shards = cfg.mesh.data * cfg.mesh.fsdp
+  batch_shards = data * cfg.mesh.fsdp
   need((seqs // chunks) % batch_shards == 0, "mesh.data",
        f"micro-batches of {seqs // chunks} sequences do not split over "
        f"data x fsdp = {batch_shards} devices")

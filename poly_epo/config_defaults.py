@@ -74,7 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.judge.max_concurrency = 8  # Parallel judge requests (http).
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.data = 1  # Data-parallel devices.
+  c.mesh.data = 0  # Data-parallel devices (0 = all not used below).
   c.mesh.fsdp = 1  # FSDP devices (params and batch sharded).
   c.mesh.tensor = 1  # Tensor-parallel devices.
 

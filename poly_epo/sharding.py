@@ -37,6 +37,7 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices=None) -> jax.sharding.Mesh:
   """A (data, fsdp, tensor) mesh; errors name the config fields."""
   devices = list(devices if devices is not None else jax.devices())
+  data = resolve_data_axis(data, fsdp, tensor, len(devices))
   sizes = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
   for name, size in sizes.items():
     if size < 1:
@@ -47,6 +48,14 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
         f"{data * fsdp * tensor}, but there are {len(devices)} devices")
   return jax.make_mesh((data, fsdp, tensor), AXES, devices=devices,
                        axis_types=(AxisType.Auto,) * 3)
+
+
+def resolve_data_axis(data: int, fsdp: int, tensor: int, n_devices: int
+                      ) -> int:
+  """`data=0` means every device not used by fsdp x tensor."""
+  if data == 0 and fsdp >= 1 and tensor >= 1:
+    return max(n_devices // (fsdp * tensor), 1)
+  return data
 
 
 def _fit(spec, shape, mesh) -> P:

@@ -1,0 +1,155 @@
+"""poly_epo.trainer / train: a short run's outputs, SIGKILL-and-resume
+equality, config guards, and stopping on repeated non-finite updates."""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from poly_epo import config_checks, pretrain, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  spec = importlib.util.spec_from_file_location(
+      "polycfg", os.path.join(ROOT, "configs", "polynomial.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  cfg.progress = False
+  for k, v in overrides.items():
+    target = cfg
+    *parents, leaf = k.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """A tiny base policy (a few pretraining steps) shared by the tests."""
+  d = tmp_path_factory.mktemp("base")
+  cfg = _config(workdir=str(d), **{"pretrain.steps": 40,
+                                   "pretrain.batch_size": 64,
+                                   "pretrain.eval_prompts": 4,
+                                   "pretrain.eval_samples": 2})
+  return pretrain.pretrain(cfg, progress=False)["path"]
+
+
+SHORT = dict(steps=4, prompts_per_step=8, ckpt_every=2, eval_every=2,
+             eval_prompts=4, eval_samples=4)
+
+
+def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
+  cfg = _config(workdir=str(tmp_path / "run"), base_policy=base, **SHORT)
+  summary = trainer.train(cfg)
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  train_steps = [l["step"] for l in lines if "train/loss" in l]
+  assert train_steps == [0, 1, 2, 3]
+  for key in ("train/reward_mean", "train/pass@1", "train/pass@8",
+              "train/distinct_correct", "train/frac_zero_adv",
+              "train/entropy", "train/clip_frac_high", "train/grad_norm",
+              "train/response_length", "train/sample_tok_s",
+              "train/judge_failed", "train/skipped"):
+    assert key in lines[0], key
+  assert any("eval/pass@4" in l for l in lines)
+  assert os.listdir(tmp_path / "run" / "tb")
+  assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+  assert summary["trained"]["pass@1"] >= 0
+  assert "pass@4" in trainer.format_table(summary)
+  # The same workdir with a different config is refused...
+  with pytest.raises(ValueError, match="different config.*algorithm"):
+    trainer.train(_config(workdir=str(tmp_path / "run"), base_policy=base,
+                          algorithm="grpo", **SHORT))
+  # ...while more steps of the same config resume.
+  more = dict(SHORT, steps=5)
+  trainer.train(_config(workdir=str(tmp_path / "run"), base_policy=base,
+                        **more))
+  lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert [l["step"] for l in lines if "train/loss" in l] == [0, 1, 2, 3, 4]
+
+
+def _cmd(workdir, base):
+  args = [f"--config.workdir={workdir}", f"--config.base_policy={base}",
+          "--config.steps=8", "--config.prompts_per_step=8",
+          "--config.ckpt_every=2", "--config.eval_prompts=0",
+          "--config.progress=False"]
+  return [sys.executable, "-m", "poly_epo.train",
+          f"--config={os.path.join(ROOT, 'configs', 'polynomial.py')}", *args]
+
+
+def _train_metrics(workdir):
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    rec = json.loads(line)
+    if "train/loss" in rec:
+      out[rec["step"]] = {k: v for k, v in rec.items()
+                          if not k.endswith("_tok_s")}
+  return out
+
+
+def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
+  subprocess.run(_cmd(ref_dir, base), check=True, env=env, cwd=ROOT,
+                 capture_output=True, timeout=600)
+  proc = subprocess.Popen(_cmd(run_dir, base), env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt4 = os.path.join(run_dir, "checkpoints", "4")
+  deadline = time.time() + 300
+  while not os.path.isdir(ckpt4) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.isdir(ckpt4), "the run never reached its step-4 checkpoint"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = len(_train_metrics(run_dir))
+  assert killed_at < 8  # It really died before the end.
+  subprocess.run(_cmd(run_dir, base), check=True, env=env, cwd=ROOT,
+                 capture_output=True, timeout=600)
+  ref, resumed = _train_metrics(ref_dir), _train_metrics(run_dir)
+  assert sorted(resumed) == list(range(8))
+  for step in range(8):
+    for k, v in ref[step].items():
+      assert resumed[step][k] == pytest.approx(v, rel=1e-5, abs=1e-6), \
+          (step, k)
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"mesh.data": 3}, "mesh"),
+    ({"set_size": 9}, "set_size"),
+    ({"num_minibatches": 3}, "num_minibatches"),
+    ({"algorithm": "ppo"}, "algorithm"),
+    ({"task.name": "chess"}, "task.name"),
+    ({"base_policy": "/no/such/policy"}, "base_policy"),
+    ({"loss.aggregation": "sum"}, "loss.aggregation"),
+    ({"judge.kind": "oracle"}, "judge.kind"),
+])
+def test_impossible_configs_fail_fast(overrides, field):
+  cfg = _config(**overrides)
+  t0 = time.perf_counter()
+  with pytest.raises(ValueError, match=f"config.{field}".replace(".", r"\.")):
+    config_checks.check_config(cfg)
+  assert time.perf_counter() - t0 < 1.0  # Before any compile.
+
+
+def test_repeated_nan_updates_stop_the_run(base, tmp_path, monkeypatch):
+  from poly_epo import set_rl
+  real = set_rl.advantages
+
+  def nan_advantages(*args, **kwargs):
+    return np.full(np.shape(real(*args, **kwargs)), np.nan, np.float32)
+  monkeypatch.setattr(trainer.set_rl, "advantages", nan_advantages)
+  cfg = _config(workdir=str(tmp_path / "nan"), base_policy=base,
+                max_nan_steps=2, **dict(SHORT, eval_prompts=0))
+  with pytest.raises(FloatingPointError, match="max_nan_steps"):
+    trainer.train(cfg)
+  lines = [json.loads(l) for l in open(tmp_path / "nan" / "metrics.jsonl")]
+  assert [l["train/skipped"] for l in lines] == [1, 1]
