@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 
-import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 

@@ -51,6 +51,11 @@ def check_config(cfg) -> None:
   if cfg.base_policy:
     need(os.path.isdir(cfg.base_policy), "base_policy",
          f"no checkpoint folder at {cfg.base_policy!r}")
+  need(cfg.ckpt_every >= 1 and cfg.keep_checkpoints >= 1, "ckpt_every",
+       "ckpt_every and keep_checkpoints must be >= 1")
+  need(cfg.eval_every >= 0 and cfg.eval_prompts >= 0, "eval_every",
+       "eval_every and eval_prompts must be >= 0")
+  need(cfg.max_nan_steps >= 1, "max_nan_steps", "must be >= 1")
   need(cfg.judge.kind in ("task", "http", "inprocess"), "judge.kind",
        "'task' (programmatic labels), 'http' or 'inprocess'")
   if cfg.judge.kind == "http":

@@ -15,7 +15,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
@@ -205,7 +204,10 @@ def train(cfg) -> dict:
     t0 = time.perf_counter()
     prompts = task.train_prompts(cfg.seed * 1_000_003 + step,
                                  cfg.prompts_per_step)
-    p_tok, p_mask = encode_prompts(tok, prompts, max_length=width)
+    try:
+      p_tok, p_mask = encode_prompts(tok, prompts, max_length=width)
+    except ValueError as e:
+      raise ValueError(f"config.max_prompt_tokens={width}: {e}") from None
     pad = width - p_tok.shape[1]
     p_tok = np.pad(p_tok, ((0, 0), (pad, 0)), constant_values=tok.pad_token_id)
     p_mask = np.pad(p_mask, ((0, 0), (pad, 0)))

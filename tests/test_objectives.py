@@ -1,6 +1,5 @@
 """poly_epo.set_rl.objectives: each objective against its plain definition."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

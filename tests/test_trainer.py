@@ -131,6 +131,7 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
     ({"base_policy": "/no/such/policy"}, "base_policy"),
     ({"loss.aggregation": "sum"}, "loss.aggregation"),
     ({"judge.kind": "oracle"}, "judge.kind"),
+    ({"ckpt_every": 0}, "ckpt_every"),
 ])
 def test_impossible_configs_fail_fast(overrides, field):
   cfg = _config(**overrides)

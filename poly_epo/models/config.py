@@ -206,7 +206,7 @@ class ModelConfig:
     elif self.model_type == "qwen3":
       out["attention_bias"] = self.qkv_bias
     if self.mlp_bias and self.model_type != "llama":
-      raise ValueError(f"mlp_bias is only expressible for llama configs")
+      raise ValueError("mlp_bias is only expressible for llama configs")
     return out
 
 
