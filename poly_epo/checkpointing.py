@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -65,6 +66,12 @@ def load_policy(path: str):
     cfg = config_from_dict(json.load(f))
   abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+  # Restore onto this process's first device, whatever topology saved it
+  # (a policy pretrained on CPU loads on a GPU).
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract_params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      abstract_params)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.abspath(os.path.join(path, "params")),
                            abstract_params)

@@ -78,16 +78,18 @@ def marginal_advantages(rewards_BN, labels_BN, valid_BN, subsets_Kn, *,
         rewards_BN, labels_BN).astype(dtype)
   # A set counts only if none of its members is invalid.
   invalid_BN = (~valid_BN).astype(dtype)
-  w_BK = jnp.einsum("kn,bn->bk", members_KN, invalid_BN) == 0
+  w_BK = jnp.einsum("kn,bn->bk", members_KN, invalid_BN,
+                    precision=obj_lib.EXACT) == 0
   n_sets_B1 = jnp.sum(w_BK, axis=1, keepdims=True).astype(dtype)
   f_BK = jnp.where(w_BK, f_BK, 0.0)
   baseline_B1 = jnp.sum(f_BK, 1, keepdims=True) / jnp.maximum(n_sets_B1, 1.0)
   f_max = jnp.max(jnp.where(w_BK, f_BK, -jnp.inf), axis=1, keepdims=True)
   f_min = jnp.min(jnp.where(w_BK, f_BK, jnp.inf), axis=1, keepdims=True)
   adv_BK = jnp.where(w_BK & (f_max != f_min), f_BK - baseline_B1, 0.0)
-  total_BN = adv_BK @ members_KN
+  total_BN = jnp.matmul(adv_BK, members_KN, precision=obj_lib.EXACT)
   if reduce == "mean":
-    count_BN = w_BK.astype(dtype) @ members_KN
+    count_BN = jnp.matmul(w_BK.astype(dtype), members_KN,
+                          precision=obj_lib.EXACT)
     total_BN = total_BN / jnp.maximum(count_BN, 1.0)
   enough_B1 = jnp.sum(valid_BN, axis=1, keepdims=True) >= set_size
   return jnp.where(valid_BN & enough_B1, total_BN, 0.0)

@@ -104,8 +104,14 @@ def strategy_onehot(labels_BN, dtype):
   return (onehot & (labels_BN != DEGENERATE)[..., None]).astype(dtype)
 
 
+# Full f32 precision for the kernel's matmuls: on GPUs the default lets XLA
+# use TF32 (10-bit mantissa), which moved advantages by ~4e-5 on an H100.
+EXACT = jax.lax.Precision.HIGHEST
+
+
 def _set_means(subsets_Kn, members_KN, rewards_BN):
-  return jnp.einsum("kn,bn->bk", members_KN, rewards_BN) / subsets_Kn.shape[1]
+  return jnp.einsum("kn,bn->bk", members_KN, rewards_BN,
+                    precision=EXACT) / subsets_Kn.shape[1]
 
 
 def _mean_batched(subsets_Kn, members_KN, rewards_BN, labels_BN):
@@ -135,7 +141,8 @@ def distinct_per_set(subsets_Kn, members_KN, labels_BN):
                               jax.lax.bitwise_or, (2,))
     return jax.lax.population_count(union_BK).astype(jnp.int32)
   counts_BKN = jnp.einsum("kn,bnj->bkj", members_KN,
-                          strategy_onehot(labels_BN, members_KN.dtype))
+                          strategy_onehot(labels_BN, members_KN.dtype),
+                          precision=EXACT)
   return jnp.sum(counts_BKN > 0, axis=-1).astype(jnp.int32)
 
 
