@@ -105,7 +105,11 @@ class MetricsLog:
             rec = json.loads(line)
           except json.JSONDecodeError:
             continue  # A torn last line from a killed run.
-          if rec.get("step", 0) < start_step:
+          step = rec.get("step", 0)
+          is_train = any(k.startswith("train/") for k in rec)
+          # Keep what the checkpoint covers: train rows before it, and the
+          # evaluation of its own params (written at step == start_step).
+          if step < start_step or (step == start_step and not is_train):
             kept.append(line if line.endswith("\n") else line + "\n")
     with open(self.path + ".tmp", "w") as f:
       f.writelines(kept)

@@ -75,6 +75,9 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
                         **more))
   lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
   assert [l["step"] for l in lines if "train/loss" in l] == [0, 1, 2, 3, 4]
+  # Evaluations the checkpoint covers survive the resume (2: periodic, 4:
+  # the first run's final one, of the params checkpointed at 4), then 5.
+  assert [l["step"] for l in lines if "eval/pass@1" in l] == [2, 4, 5]
 
 
 def _cmd(workdir, base):
