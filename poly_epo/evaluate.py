@@ -8,7 +8,22 @@ import numpy as np
 import tqdm
 
 from poly_epo import metrics, sampling
+from poly_epo.set_rl import DEGENERATE
 from poly_epo.tokenizer import decode_completions, encode_prompts
+
+
+def score(task, prompts, texts):
+  """(rewards float32 [P, N], labels int32 [P, N]) of N completions per
+  prompt from the task's own reward and labels (DEGENERATE everywhere when
+  the task defers its labels to a judge)."""
+  rewards = np.array([[task.reward(p, r) for r in row]
+                      for p, row in zip(prompts, texts)], np.float32)
+  labels = []
+  for p, row in zip(prompts, texts):
+    row_labels = task.label(p, row)
+    labels.append(row_labels if row_labels is not None
+                  else [DEGENERATE] * len(row))
+  return rewards, np.array(labels, np.int32)
 
 
 def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
@@ -16,7 +31,7 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
                      seed: int = 0, batch_prompts: int = 64,
                      progress: bool = False) -> dict:
   """Completions, rewards [P, m] and labels [P, m] for `prompts`."""
-  texts, rewards, labels = [], [], []
+  texts = []
   chunks = range(0, len(prompts), batch_prompts)
   for start in tqdm.tqdm(chunks, desc="eval", disable=not progress,
                          leave=False):
@@ -34,14 +49,9 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
                             temperature=temperature,
                             eos_id=tokenizer.eos_token_id, rng=keys,
                             pad_id=tokenizer.pad_token_id)
-    chunk_texts = decode_completions(tokenizer, out.tokens, out.mask)
-    for p, row in zip(chunk, chunk_texts):
-      texts.append(row)
-      rewards.append([task.reward(p, r) for r in row])
-      row_labels = task.label(p, row)
-      labels.append(row_labels if row_labels is not None else [-1] * len(row))
-  return {"texts": texts, "rewards": np.array(rewards),
-          "labels": np.array(labels)}
+    texts += decode_completions(tokenizer, out.tokens, out.mask)[:len(chunk)]
+  rewards, labels = score(task, prompts, texts)
+  return {"texts": texts, "rewards": rewards, "labels": labels}
 
 
 def evaluate(model, tokenizer, task, prompts, *, num_samples: int,

@@ -63,11 +63,12 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
 
 def encode_prompts(tokenizer, prompts: Sequence[str], *,
                    max_length: int | None = None, add_bos: bool = False,
-                   pad_to_multiple: int = 1):
+                   pad_to_multiple: int = 1, width: int | None = None):
   """Left-pad a batch of prompts.
 
   Returns (tokens int32 [B, P], mask bool [B, P]). P is the longest prompt,
-  rounded up to `pad_to_multiple` (fewer distinct shapes -> fewer compiles).
+  rounded up to `pad_to_multiple` (fewer distinct shapes -> fewer compiles),
+  or exactly `width` when given (which also bounds the prompt length).
   A prompt longer than `max_length` raises an error naming its index.
   """
   ids = []
@@ -75,12 +76,15 @@ def encode_prompts(tokenizer, prompts: Sequence[str], *,
     row = tokenizer.encode(p, add_special_tokens=False)
     if add_bos and tokenizer.bos_token_id is not None:
       row = [tokenizer.bos_token_id] + row
-    if max_length is not None and len(row) > max_length:
+    limit = max_length if width is None else width
+    if limit is not None and len(row) > limit:
       raise ValueError(f"prompt {i} has {len(row)} tokens, more than "
-                       f"max_length={max_length}: {p[:80]!r}")
+                       f"{'max_length' if width is None else 'width'}="
+                       f"{limit}: {p[:80]!r}")
     ids.append(row)
-  width = max([len(r) for r in ids] + [1])
-  width = -(-width // pad_to_multiple) * pad_to_multiple
+  if width is None:
+    width = max([len(r) for r in ids] + [1])
+    width = -(-width // pad_to_multiple) * pad_to_multiple
   pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   tokens = np.full((len(ids), width), pad, np.int32)
   mask = np.zeros((len(ids), width), bool)

@@ -209,12 +209,9 @@ def train(cfg) -> dict:
     prompts = task.train_prompts(cfg.seed * 1_000_003 + step,
                                  cfg.prompts_per_step)
     try:
-      p_tok, p_mask = encode_prompts(tok, prompts, max_length=width)
+      p_tok, p_mask = encode_prompts(tok, prompts, width=width)
     except ValueError as e:
       raise ValueError(f"config.max_prompt_tokens={width}: {e}") from None
-    pad = width - p_tok.shape[1]
-    p_tok = np.pad(p_tok, ((0, 0), (pad, 0)), constant_values=tok.pad_token_id)
-    p_mask = np.pad(p_mask, ((0, 0), (pad, 0)))
     out = sampling.generate(
         nnx.merge(graphdef, params, rest), p_tok, p_mask,
         num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
@@ -224,14 +221,9 @@ def train(cfg) -> dict:
     out = jax.device_get(out)
     t_sample = time.perf_counter() - t0
     texts = decode_completions(tok, out.tokens, out.mask)
-    rewards = np.array([[task.reward(p, r) for r in row]
-                        for p, row in zip(prompts, texts)], np.float32)
+    rewards, labels = evaluate.score(task, prompts, texts)
     valid = np.ones(len(prompts), bool)
-    if judge is None:
-      labels = [task.label(p, row) for p, row in zip(prompts, texts)]
-      labels = np.array([l if l is not None else [-1] * cfg.num_samples
-                         for l in labels], np.int32)
-    else:
+    if judge is not None:
       results = judge.cluster_many(prompts, texts)
       labels = np.array([r.labels for r in results], np.int32)
       valid = np.array([r.valid for r in results])

@@ -27,6 +27,11 @@ def test_left_padding():
   assert tok.decode(tokens[1][mask[1]].tolist()) == "abca"
   with pytest.raises(ValueError, match="prompt 1 has 4 tokens"):
     encode_prompts(tok, ["ab", "abca"], max_length=3)
+  fixed, fixed_mask = encode_prompts(tok, ["ab", "abca"], width=7)
+  assert fixed.shape == (2, 7) and fixed_mask[0].tolist() == [False] * 5 + [
+      True] * 2
+  with pytest.raises(ValueError, match="more than width=3"):
+    encode_prompts(tok, ["ab", "abca"], width=3)
 
 
 def test_save_load_and_decode_completions(tmp_path):

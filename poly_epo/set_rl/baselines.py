@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poly_epo.set_rl.objectives import DEGENERATE
+from poly_epo.set_rl.objectives import DEGENERATE, bind_options
 
 _BASELINES: dict = {}
 
@@ -141,17 +141,12 @@ def _response_advantages(rewards_BN, labels_BN, valid_BN, *, fn, min_valid):
   return jnp.where(valid_BN & enough, adv, 0.0)
 
 
-@functools.lru_cache(maxsize=256)
-def _bind(fn, options: tuple):
-  return functools.partial(fn, **dict(options)) if options else fn
-
-
 def response_advantages(name: str, rewards_BN, labels_BN, valid_BN,
                         **options):
   """Run the registered per-response baseline `name` over a [B, N] batch."""
   if name not in _BASELINES:
     raise ValueError(f"unknown baseline {name!r}; known: {baseline_names()}")
   min_valid = options.get("k", 2) if name == "passk" else 2
-  fn = _bind(_BASELINES[name], tuple(sorted(options.items())))
+  fn = bind_options(_BASELINES[name], tuple(sorted(options.items())))
   return _response_advantages(rewards_BN, labels_BN, valid_BN, fn=fn,
                               min_valid=int(min_valid))

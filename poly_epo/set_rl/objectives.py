@@ -55,12 +55,14 @@ def get_objective(objective: str | Objective, **options) -> Objective:
   fn = objective if callable(objective) else _OBJECTIVES[objective]
   if not options:
     return fn
-  return _bind(fn, tuple(sorted(options.items())))
+  return bind_options(fn, tuple(sorted(options.items())))
 
 
 @functools.lru_cache(maxsize=256)
-def _bind(fn, options: tuple):
-  return functools.partial(fn, **dict(options))
+def bind_options(fn, options: tuple):
+  """`fn` with keyword options bound, the same object for the same options
+  (so jitted callers compile once); `fn` itself when there are none."""
+  return functools.partial(fn, **dict(options)) if options else fn
 
 
 def distinct_labels(labels_n) -> jnp.ndarray:
