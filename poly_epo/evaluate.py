@@ -8,7 +8,7 @@ import numpy as np
 import tqdm
 
 from poly_epo import metrics, sampling
-from poly_epo.set_rl import DEGENERATE
+from poly_epo.labels import DEGENERATE
 from poly_epo.tokenizer import decode_completions, encode_prompts
 
 

@@ -37,18 +37,6 @@ class LossParts(NamedTuple):
   metrics: dict
 
 
-def token_logprobs(logits_BLV, tokens_BL, temperature: float = 1.0):
-  """log softmax(logits / temperature)[token]: float32 [B, L]."""
-  logp = jax.nn.log_softmax(logits_BLV.astype(jnp.float32) / temperature, -1)
-  return jnp.take_along_axis(logp, tokens_BL[..., None], -1)[..., 0]
-
-
-def entropy_from_logits(logits_BLV, temperature: float = 1.0):
-  """Entropy of softmax(logits / temperature) per token: float32 [B, L]."""
-  logp = jax.nn.log_softmax(logits_BLV.astype(jnp.float32) / temperature, -1)
-  return -jnp.sum(jnp.exp(logp) * logp, -1)
-
-
 def ppo_clip_per_token(logp_new_BL, logp_old_BL, adv_BL, *,
                        eps_low: float = 0.2, eps_high: float = 0.28,
                        dual_clip: float | None = 3.0):
@@ -90,9 +78,8 @@ def policy_loss(logp_new_BL, logp_old_BL, adv, mask_BL, *,
                 dual_clip: float | None = 3.0,
                 aggregation: str = "seq-mean-token-sum-norm",
                 max_len: int | None = None, logp_ref_BL=None,
-                kl_coef: float = 0.0, logits_BLV=None,
-                entropy_coef: float = 0.0,
-                temperature: float = 1.0) -> LossParts:
+                kl_coef: float = 0.0, entropy_BL=None,
+                entropy_coef: float = 0.0) -> LossParts:
   """PPO-clip loss with diagnostics.
 
   Args:
@@ -102,7 +89,8 @@ def policy_loss(logp_new_BL, logp_old_BL, adv, mask_BL, *,
     eps_low, eps_high, dual_clip: clip ranges (dual_clip None disables it).
     aggregation, max_len: see the module docstring.
     logp_ref_BL, kl_coef: optional k3 KL to a reference policy.
-    logits_BLV, entropy_coef: optional entropy bonus (and entropy metric).
+    entropy_BL, entropy_coef: per-token entropies (poly_epo.logprobs) for
+      the entropy metric and the optional entropy bonus.
   """
   adv_BL = adv[:, None] if adv.ndim == 1 else adv
   adv_BL = jnp.broadcast_to(adv_BL, logp_new_BL.shape).astype(jnp.float32)
@@ -115,8 +103,8 @@ def policy_loss(logp_new_BL, logp_old_BL, adv, mask_BL, *,
     kl = jnp.exp(log_r) - log_r - 1.0
     loss = loss + kl_coef * kl
     metrics["kl_ref"] = _token_mean(kl, mask_BL)
-  if logits_BLV is not None:
-    ent = entropy_from_logits(logits_BLV, temperature)
+  if entropy_BL is not None:
+    ent = entropy_BL
     metrics["entropy"] = _token_mean(ent, mask_BL)
     if entropy_coef:
       loss = loss - entropy_coef * ent

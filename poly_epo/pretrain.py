@@ -24,6 +24,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from poly_epo import checkpointing, evaluate, tasks
+from poly_epo.logprobs import token_logprobs
 from poly_epo.models import init_model, preset
 from poly_epo.tokenizer import char_tokenizer
 
@@ -59,8 +60,7 @@ def make_train_step(graphdef, tx):
   def loss_fn(params, tokens, loss_mask, attn):
     model = nnx.merge(graphdef, params)
     logits = model(tokens[:, :-1], None, attn[:, :-1])
-    logp = jax.nn.log_softmax(logits, -1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    nll = -token_logprobs(logits, tokens[:, 1:])
     m = loss_mask[:, 1:].astype(jnp.float32)
     return jnp.sum(nll * m) / jnp.maximum(jnp.sum(m), 1.0)
 

@@ -22,6 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from poly_epo import sharding
+from poly_epo.logprobs import completion_logprobs as \
+    completion_logprobs_from_tokens
+from poly_epo.logprobs import token_logprobs
 from poly_epo.models.transformer import (KVCache, Transformer, init_cache,
                                          rope_table)
 
@@ -65,10 +69,8 @@ def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
   logits_NV = logits_NV.astype(jnp.float32)
   if temperature == 0.0:
     token = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
-    logp = jax.nn.log_softmax(logits_NV, axis=-1)
-    return token, jnp.take_along_axis(logp, token[:, None], 1)[:, 0]
+    return token, token_logprobs(logits_NV, token)
   scaled = logits_NV / temperature
-  logp = jax.nn.log_softmax(scaled, axis=-1)
   filtered = scaled
   if top_k > 0 and top_k < scaled.shape[-1]:
     kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
@@ -82,7 +84,7 @@ def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
                         keepdims=True)
     filtered = jnp.where(filtered < threshold, -jnp.inf, filtered)
   token = inverse_cdf_sample(filtered, keys_N)
-  return token, jnp.take_along_axis(logp, token[:, None], 1)[:, 0]
+  return token, token_logprobs(scaled, token)
 
 
 def inverse_cdf_sample(logits_NV, keys_N):
@@ -103,18 +105,27 @@ def inverse_cdf_sample(logits_NV, keys_N):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples",
-                                             "max_new_tokens"))
+                                             "max_new_tokens", "mesh"))
 def _prefill(graphdef, state, prompt_BP, mask_BP, prompt_keys_B, *,
-             num_samples: int, max_new_tokens: int):
-  """Prefill the B prompts once; repeat the cache for the k samples."""
+             num_samples: int, max_new_tokens: int, mesh=None):
+  """Prefill the B prompts once; repeat the cache for the k samples.
+
+  With a `mesh`, the prompt cache and the repeated [N, ...] cache are laid
+  out by `sharding.cache_shardings` (rows over data/fsdp, KV heads over
+  tensor), and the decode loop keeps that layout.
+  """
   model: Transformer = nnx.merge(graphdef, state)
   b, p = prompt_BP.shape
   k = num_samples
   cache = init_cache(model.cfg, b, p + max_new_tokens)
+  constrain = (lambda c: c) if mesh is None else (
+      lambda c: jax.lax.with_sharding_constraint(
+          c, sharding.cache_shardings(mesh, c)))
+  cache = constrain(cache)
   positions = jnp.maximum(jnp.cumsum(mask_BP.astype(jnp.int32), 1) - 1, 0)
   logits, cache = model(prompt_BP, positions, mask_BP, cache=cache,
                         cache_index=0, last_only=True)
-  cache = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache)
+  cache = constrain(jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache))
   logits_NV = jnp.repeat(logits[:, 0], k, axis=0)
   row_keys = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(
       key, j))(jnp.arange(k)))(prompt_keys_B)
@@ -196,7 +207,7 @@ def prompt_keys(rng, batch: int):
 def generate(model: Transformer, prompt_tokens, prompt_mask, *,
              num_samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, eos_id: int | None,
-             rng, pad_id: int = 0) -> SampleOutput:
+             rng, pad_id: int = 0, mesh=None) -> SampleOutput:
   """Draw `num_samples` completions for each left-padded prompt.
 
   Args:
@@ -211,6 +222,8 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
     eos_id: stop token; None or negative disables EOS stopping.
     rng: a PRNG key, or a [B] array of per-prompt keys.
     pad_id: token written after EOS.
+    mesh: lay the KV cache out over this mesh (see `_prefill`); prompts and
+      keys may then be global arrays sharded over its batch axes.
 
   Returns:
     `SampleOutput` with [B, k, L] tokens / logprobs / mask and [B, k] lengths.
@@ -233,7 +246,7 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
   keys = prompt_keys(rng, b)
   cache, logits, row_keys, prompt_len = _prefill(
       graphdef, state, prompt_tokens, prompt_mask, keys,
-      num_samples=num_samples, max_new_tokens=max_new_tokens)
+      num_samples=num_samples, max_new_tokens=max_new_tokens, mesh=mesh)
   tokens, logprobs, mask, _ = _decode(
       graphdef, state, cache, logits, row_keys, prompt_len,
       max_new_tokens=max_new_tokens, temperature=float(temperature),
@@ -255,8 +268,7 @@ def completion_logprobs(model: Transformer, prompt_tokens, prompt_mask,
   """
   tokens = jnp.concatenate([prompt_tokens, completion_tokens], 1)
   mask = jnp.concatenate([prompt_mask, completion_mask], 1).astype(bool)
-  logits = model(tokens, None, mask) / (temperature or 1.0)
-  p = prompt_tokens.shape[1]
-  logp = jax.nn.log_softmax(logits[:, p - 1:-1], -1)
-  out = jnp.take_along_axis(logp, completion_tokens[..., None], -1)[..., 0]
-  return jnp.where(completion_mask, out, 0.0)
+  logp, _ = completion_logprobs_from_tokens(
+      model, tokens, mask, prompt_tokens.shape[1],
+      temperature=temperature or 1.0)
+  return jnp.where(completion_mask, logp, 0.0)

@@ -97,3 +97,51 @@ def batch_sharding(mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def cache_shardings(mesh, cache):
+  """A KVCache's layout: rows over (data, fsdp), KV heads over tensor.
+
+  k [N, K, H, C], v [N, K, C, H], mask [N, C]; an axis that does not divide
+  its dimension is dropped (replicated), as for parameters.
+  """
+  def one(x):
+    rule = (BATCH, "tensor", None, None) if x.ndim == 4 else (BATCH, None)
+    return NamedSharding(mesh, _fit(rule, x.shape, mesh))
+  return jax.tree.map(one, cache)
+
+
+def batch_shards(mesh) -> int:
+  """How many pieces the batch dimension is split into."""
+  return int(np.prod([mesh.shape[a] for a in BATCH]))
+
+
+def global_batch(mesh, local):
+  """A global array, leading dim sharded over (data, fsdp), from this
+  process's contiguous block of rows (every process passes its own block;
+  on one process this is a `device_put`)."""
+  local = np.asarray(local)
+  return jax.make_array_from_process_local_data(
+      batch_sharding(mesh, local.ndim), local)
+
+
+def local_rows(mesh, x) -> np.ndarray:
+  """This process's block of rows of a global array (all rows on a single
+  process), as NumPy: the array is first laid out over (data, fsdp) on its
+  leading dim, the inverse of `global_batch`."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  x = _to_batch_layout(mesh, x)
+  blocks = {}
+  for shard in x.addressable_shards:
+    blocks.setdefault(shard.index[0].start or 0, np.asarray(shard.data))
+  return np.concatenate([blocks[k] for k in sorted(blocks)])
+
+
+def _to_batch_layout(mesh, x):
+  return jax.jit(lambda y: y, out_shardings=batch_sharding(mesh, x.ndim))(x)
+
+
+def host_local_to_global(mesh, tree):
+  """`global_batch` over every leaf of a tree."""
+  return jax.tree.map(lambda x: global_batch(mesh, x), tree)

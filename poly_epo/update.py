@@ -5,9 +5,11 @@ steps (contiguous, so whole prompt groups stay together), each accumulated
 exactly over `num_microbatches` micro-batches: the loss numerators' gradients
 and the denominators are summed, then divided once (losses.py). A minibatch
 whose loss or gradient is not finite is skipped (params and optimizer state
-kept) and counted. Old log-probs are the sampler's (not recomputed by a
-separate forward pass): they equal the trainer's own log-probs to ~1e-5
-(tests/test_sampling.py), so the first minibatch's ratios are 1.
+kept) and counted. Old log-probs are the sampler's, or (with
+`recompute_old_logprobs`, verl's behaviour and the default when the compute
+dtype is not float32) recomputed by the training model before the first
+minibatch: in f32 the two agree to ~1e-5 (tests/test_sampling.py); in bf16
+the sampler's cast weights and cache drift further.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from poly_epo import losses, sharding
+from poly_epo import logprobs, losses, sharding
 
 
 class RolloutBatch(NamedTuple):
@@ -75,21 +77,32 @@ def _reduce_metrics(metrics: dict) -> dict:
 def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
                    prompt_len: int, num_minibatches: int = 1,
                    num_microbatches: int = 1, temperature: float = 1.0,
-                   loss_options: dict | None = None):
+                   loss_options: dict | None = None,
+                   recompute_old_logprobs: bool = False,
+                   logprob_chunk: int = 0):
   """Returns update(params, opt_state, batch) -> (params, opt_state, metrics),
-  jitted with explicit shardings and donated params/optimizer state."""
+  jitted with explicit shardings and donated params/optimizer state.
+
+  `params` are the f32 master weights; the forward pass computes in the
+  model config's `dtype` (weights cast per use, gradients flow back to f32).
+  With `recompute_old_logprobs` (verl's behaviour), the old log-probs are
+  recomputed by one forward pass of the training model over the rollout,
+  micro-batch by micro-batch, before the first minibatch, so the ratio of
+  the first minibatch is exactly 1 whatever precision the sampler used.
+  `logprob_chunk` bounds the [S, chunk, V] logits held at once.
+  """
   loss_options = dict(loss_options or {})
 
-  def micro_loss(params, mb: RolloutBatch):
+  def forward_logprobs(params, tokens_ST, attn_ST):
     model = nnx.merge(graphdef, params)
-    logits = model(mb.tokens_ST, None, mb.attn_ST)
-    length = mb.mask_SL.shape[1]
-    logits_L = logits[:, prompt_len - 1:prompt_len - 1 + length]
-    logp = losses.token_logprobs(logits_L, mb.tokens_ST[:, prompt_len:],
-                                 temperature)
+    return logprobs.completion_logprobs(model, tokens_ST, attn_ST, prompt_len,
+                                        temperature=temperature,
+                                        chunk=logprob_chunk)
+
+  def micro_loss(params, mb: RolloutBatch):
+    logp, ent = forward_logprobs(params, mb.tokens_ST, mb.attn_ST)
     parts = losses.policy_loss(logp, mb.old_logp_SL, mb.adv_S, mb.mask_SL,
-                               logits_BLV=logits_L, temperature=temperature,
-                               **loss_options)
+                               entropy_BL=ent, **loss_options)
     return parts.numerator, (parts.denominator, parts.metrics)
 
   grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
@@ -129,9 +142,24 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
       return jax.lax.with_sharding_constraint(
           x, jax.sharding.NamedSharding(mesh, spec))
 
+    batch = jax.tree.map(split, batch)
+    extra = {}
+    if recompute_old_logprobs:
+      def recompute(mb):
+        logp, _ = forward_logprobs(params, mb.tokens_ST, mb.attn_ST)
+        return jnp.where(mb.mask_SL, logp, 0.0)
+      flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+      old = jax.lax.map(recompute, flat).reshape(batch.old_logp_SL.shape)
+      mask = batch.mask_SL
+      extra["sampler_logp_abs_diff"] = jnp.sum(
+          jnp.where(mask, jnp.abs(old - batch.old_logp_SL), 0.0)) / \
+          jnp.maximum(jnp.sum(mask), 1)
+      batch = batch._replace(old_logp_SL=old)
     (params, opt_state), metrics = jax.lax.scan(
-        minibatch_step, (params, opt_state), jax.tree.map(split, batch))
-    return params, opt_state, _reduce_metrics(metrics)
+        minibatch_step, (params, opt_state), batch)
+    metrics = _reduce_metrics(metrics)
+    metrics.update(extra)
+    return params, opt_state, metrics
 
   batch_sh = RolloutBatch(*(sharding.batch_sharding(mesh, n)
                             for n in (2, 2, 2, 2, 1)))

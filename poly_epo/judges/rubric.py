@@ -6,7 +6,7 @@ import json
 import re
 from typing import Sequence
 
-from poly_epo.set_rl.objectives import DEGENERATE
+from poly_epo.labels import DEGENERATE
 
 RUBRIC = """\
 You compare several attempts at the same problem and group them by STRATEGY.

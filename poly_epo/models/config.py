@@ -14,6 +14,8 @@ from typing import Any
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+REMAT_MODES = ("none", "full", "dots")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
 
 _HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -45,8 +47,16 @@ class ModelConfig:
   qk_norm: bool = False  # Qwen3: per-head RMSNorm on q and k before RoPE.
   tie_embeddings: bool = True
   max_position_embeddings: int = 4096
-  param_dtype: str = "float32"
-  dtype: str = "float32"  # Compute dtype (activations).
+  param_dtype: str = "float32"  # Master weights (what the optimizer updates).
+  dtype: str = "float32"  # Compute dtype (activations, KV cache, matmuls).
+  # Per-layer rematerialisation in the no-cache (training) forward:
+  # "none", "full" (save nothing inside a layer) or "dots" (save matmul
+  # outputs without batch dims).
+  remat: str = "none"
+  # Attention of the no-cache forward: "einsum" (our grouped einsums), "xla"
+  # (jax.nn.dot_product_attention, XLA) or "cudnn" (its cuDNN flash kernel,
+  # GPU only, bf16/fp16). Decoding always uses the einsum path.
+  attention: str = "xla"
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None
@@ -64,6 +74,12 @@ class ModelConfig:
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}: use "
                          "'float32', 'bfloat16' or 'float16'")
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f"ModelConfig.remat={self.remat!r}: one of "
+                       f"{REMAT_MODES}")
+    if self.attention not in ATTENTION_IMPLS:
+      raise ValueError(f"ModelConfig.attention={self.attention!r}: one of "
+                       f"{ATTENTION_IMPLS}")
     if self.rope_scaling is not None and self.rope_scaling[0] not in (
         "linear", "llama3"):
       raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r}: "
@@ -233,6 +249,21 @@ PRESETS: dict[str, ModelConfig] = {
                          intermediate_size=768, tie_embeddings=True,
                          qk_norm=True),
 }
+
+# Published Qwen3 shapes (Hugging Face config.json of Qwen/Qwen3-*), for the
+# memory planner and benchmarks: no weights needed.
+_QWEN3 = dict(vocab_size=151936, num_kv_heads=8, head_dim=128,
+              model_type="qwen3", rope_theta=1e6, qk_norm=True,
+              max_position_embeddings=32768, bos_token_id=None,
+              eos_token_id=151643, pad_token_id=151643)
+for _name, _d, _layers, _heads, _f, _tied in (
+    ("qwen3-0.6b", 1024, 28, 16, 3072, True),
+    ("qwen3-1.7b", 2048, 28, 16, 6144, True),
+    ("qwen3-4b", 2560, 36, 32, 9728, True),
+    ("qwen3-8b", 4096, 36, 32, 12288, False)):
+  PRESETS[_name] = ModelConfig(hidden_size=_d, num_layers=_layers,
+                               num_heads=_heads, intermediate_size=_f,
+                               tie_embeddings=_tied, **_QWEN3)
 
 
 def preset(name: str, **overrides) -> ModelConfig:

@@ -131,6 +131,19 @@ def attend(q_BTNH, k_BKHS, v_BKSH, mask_BTS):
   return out.reshape(b, t, n, h)
 
 
+def attend_dpa(q_BTNH, k_BTKH, v_BTKH, mask_BTS, implementation: str):
+  """The same attention through `jax.nn.dot_product_attention` ([B, T, N, H]).
+
+  implementation "xla" everywhere; "cudnn" is the fused flash kernel on
+  NVIDIA GPUs (bf16/fp16 only). Rows with no valid key (padding queries)
+  differ from `attend` but are masked out of every loss.
+  """
+  out = jax.nn.dot_product_attention(
+      q_BTNH, k_BTKH.astype(q_BTNH.dtype), v_BTKH.astype(q_BTNH.dtype),
+      mask=mask_BTS[:, None], implementation=implementation)
+  return out.astype(q_BTNH.dtype)
+
+
 class Attention(nnx.Module):
   """GQA self-attention with one fused q/k/v projection.
 
@@ -155,7 +168,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BTS, kv=None,
                cache_index=None):
-    """Returns (out_BTD, (k_BKHS, v_BKSH)): the keys/values attended to."""
+    """Returns (out_BTD, (k_BKHS, v_BKSH)): the keys/values attended to
+    (None in the no-cache forward through `jax.nn.dot_product_attention`)."""
     cfg, dt = self.cfg, x_BTD.dtype
     w = lambda p: p[...].astype(dt)
     b, t, d = x_BTD.shape
@@ -171,19 +185,24 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, cos_BTH, sin_BTH)
     k = apply_rope(k, cos_BTH, sin_BTH)
-    k = jnp.transpose(k, (0, 2, 3, 1))  # [B, K, H, T]
-    v = jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, H]
-    if kv is not None:
-      k_cache, v_cache = kv
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
-                                       (0, 0, 0, cache_index))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
-                                       (0, 0, cache_index, 0))
-    out = attend(q, k.astype(dt), v.astype(dt), mask_BTS)
+    if kv is None and cfg.attention != "einsum":
+      out = attend_dpa(q, k, v, mask_BTS, cfg.attention)
+      kv_out = None
+    else:
+      k = jnp.transpose(k, (0, 2, 3, 1))  # [B, K, H, T]
+      v = jnp.transpose(v, (0, 2, 1, 3))  # [B, K, T, H]
+      if kv is not None:
+        k_cache, v_cache = kv
+        k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype),
+                                         (0, 0, 0, cache_index))
+        v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype),
+                                         (0, 0, cache_index, 0))
+      out = attend(q, k.astype(dt), v.astype(dt), mask_BTS)
+      kv_out = (k, v)
     out = out.reshape(b, t, n * h) @ w(self.o_proj).reshape(n * h, d)
     if cfg.o_bias:
       out = out + w(self.o_bias)
-    return out, (k, v)
+    return out, kv_out
 
 
 class MLP(nnx.Module):
@@ -243,7 +262,8 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BT, positions_BT=None, attention_mask_BT=None, *,
                cache: KVCache | None = None, cache_index=None,
-               last_only: bool = False, rope_table=None):
+               last_only: bool = False, rope_table=None,
+               hidden_only: bool = False):
     """Forward pass.
 
     Args:
@@ -256,6 +276,8 @@ class Transformer(nnx.Module):
       cache_index: int32 scalar, first cache slot of the new tokens.
       last_only: return logits of the last position only ([B, 1, V]).
       rope_table: optional `rope_table(cfg, n)` output covering every position.
+      hidden_only: return the final-normed hidden states [B, T, D] (compute
+        dtype) instead of logits, for chunked log-probs (poly_epo.logprobs).
 
     Returns:
       logits [B, T, V] float32, or (logits, new_cache) when `cache` is given.
@@ -294,20 +316,45 @@ class Transformer(nnx.Module):
 
     x = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
     new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, (k, v) = layer(x, cos, sin, mask_BTS, kv, cache_index)
-      new_k.append(k)
-      new_v.append(v)
+    if cache is None:
+      fwd = _layer_forward if cfg.remat == "none" else nnx.remat(
+          _layer_forward, policy=_REMAT_POLICIES[cfg.remat])
+      for layer in self.layers:
+        x = fwd(layer, x, cos, sin, mask_BTS)
+    else:
+      for i, layer in enumerate(self.layers):
+        x, (k, v) = layer(x, cos, sin, mask_BTS, (cache.k[i], cache.v[i]),
+                          cache_index)
+        new_k.append(k)
+        new_v.append(v)
     if last_only:
       x = x[:, -1:]
     x = self.final_norm(x)
-    head = self.embed if cfg.tie_embeddings else self.lm_head
-    logits = jnp.einsum("btd,vd->btv", x, head[...].astype(dt))
-    logits = logits.astype(jnp.float32)
+    if hidden_only:
+      return x
+    logits = self.logits(x)
     if cache is None:
       return logits
     return logits, KVCache(tuple(new_k), tuple(new_v), new_mask)
+
+  def head(self) -> jax.Array:
+    """The output projection [V, D] (the embedding when tied)."""
+    return (self.embed if self.cfg.tie_embeddings else self.lm_head)[...]
+
+  def logits(self, x_BTD):
+    """Float32 logits [B, T, V] of final-normed hidden states."""
+    return jnp.einsum("btd,vd->btv", x_BTD,
+                      self.head().astype(x_BTD.dtype)).astype(jnp.float32)
+
+
+def _layer_forward(layer: Block, x_BTD, cos, sin, mask_BTS):
+  return layer(x_BTD, cos, sin, mask_BTS)[0]
+
+
+_REMAT_POLICIES = {
+    "full": None,  # Save only each layer's input; recompute the rest.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def init_model(cfg: ModelConfig, seed: int = 0) -> Transformer:

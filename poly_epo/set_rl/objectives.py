@@ -21,9 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-# The reserved strategy label for gibberish, guessing, code instead of maths,
-# heavy repetition or an unparseable answer: never counts as a strategy.
-DEGENERATE = -1
+from poly_epo.labels import DEGENERATE  # noqa: F401  (re-exported)
 
 Objective = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 _OBJECTIVES: dict[str, Objective] = {}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 from typing import Sequence
 
-from poly_epo.set_rl.objectives import DEGENERATE
+from poly_epo.labels import DEGENERATE
 
 
 class Task:

@@ -25,7 +25,7 @@ import re
 
 import numpy as np
 
-from poly_epo.set_rl.objectives import DEGENERATE
+from poly_epo.labels import DEGENERATE
 from poly_epo.tasks.base import Task, register_task
 
 DIRECT, FIRST_ADD, FIRST_SUB, SECOND_ADD, SECOND_SUB, BOTH_SPLIT, FACTOR = \
