@@ -119,7 +119,7 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     zeros = jax.tree.map(jnp.zeros_like, params)
     (g, num, den), mets = jax.lax.scan(micro, (zeros, 0.0, 0.0), mb)
     den = jnp.maximum(den, 1.0)
-    g = jax.tree.map(lambda x: x / den, g)
+    g = jax.tree.map(lambda x, p: (x / den).astype(p.dtype), g, params)
     loss = num / den
     gnorm = optax.tree.norm(g)
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)

@@ -185,3 +185,32 @@ def test_presets_and_param_count():
     preset("gigantic")
   with pytest.raises(ValueError, match="num_kv_heads"):
     preset("tiny", num_kv_heads=3)
+
+
+def test_attention_paths_and_remat_give_equal_losses_and_gradients():
+  import jax
+  from flax import nnx
+  from poly_epo import logprobs
+  tokens, mask, _ = _padded_batch(50, seed=3)
+  weights = jnp.asarray(np.random.RandomState(4).randn(3, 5), jnp.float32)
+
+  def loss_and_grad(attention, remat):
+    cfg = preset("tiny", vocab_size=50, attention=attention, remat=remat)
+    graphdef, params = nnx.split(init_model(cfg, seed=2), nnx.Param)
+
+    def loss(p):
+      model = nnx.merge(graphdef, p)
+      lp, ent = logprobs.completion_logprobs(
+          model, jnp.asarray(tokens), jnp.asarray(mask), 6, chunk=2)
+      return jnp.sum(lp * weights) + 0.1 * jnp.sum(ent)
+    val, g = jax.jit(jax.value_and_grad(loss))(params)
+    return float(val), np.concatenate(
+        [np.asarray(x).ravel() for x in jax.tree.leaves(g)])
+
+  ref_val, ref_g = loss_and_grad("einsum", "none")
+  for attention, remat in [("xla", "none"), ("einsum", "full"),
+                           ("xla", "full"), ("xla", "dots")]:
+    val, g = loss_and_grad(attention, remat)
+    assert val == pytest.approx(ref_val, abs=1e-5), (attention, remat)
+    np.testing.assert_allclose(g, ref_g, atol=1e-5, err_msg=str(
+        (attention, remat)))

@@ -87,3 +87,60 @@ def test_nan_minibatch_is_skipped_and_counted():
   assert np.isfinite(_flat(p_nan)).all()
   assert not np.allclose(_flat(p_nan), _flat(before))  # 2nd minibatch ran.
   assert not np.allclose(_flat(p_nan), _flat(p_ok))
+
+
+def _update_once(cfg, batch, *, lr=1e-6, recompute=False, mini=1, tx=None):
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+  tx = tx or update.make_optimizer(lr, weight_decay=0.0, grad_clip=1e9)
+  params_sh = sharding.tree_shardings(params, mesh)
+  opt_state = tx.init(params)
+  opt_sh = sharding.tree_shardings(opt_state, mesh)
+  before = jax.tree.map(np.asarray, params)
+  fn = update.make_update_fn(graphdef, tx, mesh, params_sh, opt_sh,
+                             prompt_len=P_LEN, num_minibatches=mini,
+                             recompute_old_logprobs=recompute)
+  new, _, metrics = fn(params, opt_state, batch)
+  return before, jax.tree.map(np.asarray, new), metrics
+
+
+def test_lr_1e6_adamw_moves_f32_master_weights_not_bf16_weights():
+  batch = _batch(40)
+  f32_master = preset("tiny", vocab_size=40, param_dtype="float32",
+                      dtype="bfloat16")
+  before, after, _ = _update_once(f32_master, batch)
+  changed = np.mean(_flat(after) != _flat(before))
+  assert changed > 0.9  # Every weight with a gradient moves by ~1e-6.
+  bf16 = preset("tiny", vocab_size=40, param_dtype="bfloat16",
+                dtype="bfloat16")
+  before, after, _ = _update_once(bf16, batch)
+  changed_bf16 = np.mean(_flat(after) != _flat(before))
+  assert changed_bf16 < 0.02  # Rounded away (bar a few near-zero weights).
+
+
+def test_bf16_compute_loss_is_close_to_f32():
+  batch = _batch(40)
+  _, _, m32 = _update_once(preset("tiny", vocab_size=40), batch)
+  _, _, m16 = _update_once(preset("tiny", vocab_size=40, dtype="bfloat16"),
+                           batch)
+  assert float(m16["loss"]) == pytest.approx(float(m32["loss"]), rel=0.03,
+                                             abs=2e-3)
+  assert float(m16["entropy"]) == pytest.approx(float(m32["entropy"]),
+                                                rel=0.02)
+
+
+def test_recomputed_old_logprobs_replace_the_samplers():
+  from poly_epo import logprobs
+  cfg = preset("tiny", vocab_size=40)
+  batch = _batch(40)
+  model = init_model(cfg, seed=0)
+  true_old, _ = logprobs.completion_logprobs(model, batch.tokens_ST,
+                                             batch.attn_ST, P_LEN)
+  exact = batch._replace(old_logp_SL=jnp.where(batch.mask_SL, true_old, 0.0))
+  import optax
+  sgd = optax.sgd(0.5)  # Linear in the gradient (see above).
+  _, ref, m_ref = _update_once(cfg, exact, tx=sgd)
+  _, got, m_got = _update_once(cfg, batch, tx=sgd, recompute=True)
+  np.testing.assert_allclose(_flat(got), _flat(ref), atol=1e-6)
+  assert float(m_got["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
+  assert float(m_got["sampler_logp_abs_diff"]) > 0.1  # The batch's were off.
