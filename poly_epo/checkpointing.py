@@ -1,9 +1,16 @@
-"""Policy checkpoints: Orbax params + model config + tokenizer, one folder.
+"""Policy folders and training checkpoints.
 
-Layout of `path/`: `params/` (Orbax), `model_config.json`, `tokenizer/`
-(`save_pretrained`), `meta.json` (free-form: task, steps, metrics). The folder
-is written under a temporary name and renamed, so a killed save never leaves
-a half-written policy behind.
+A policy folder `path/` holds `params/` (Orbax), `model_config.json`,
+`tokenizer/` (`save_pretrained`) and `meta.json` (free-form: task, steps,
+metrics). It is written under a temporary name and renamed, so a killed save
+never leaves a half-written policy behind. On several processes the Orbax
+write is collective and the main process writes the rest and renames.
+
+`load_policy(path, mesh=...)` restores every parameter directly with its
+`NamedSharding` and target dtype: no whole-model copy on one device.
+
+`TrainCheckpoints` wraps Orbax's `CheckpointManager` for the trainer's
+(params, optimizer state) at each saved step.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from poly_epo import distributed, sharding
 from poly_epo.models.config import ModelConfig
 from poly_epo.models.transformer import Transformer
 from poly_epo.tokenizer import load_tokenizer
@@ -35,43 +43,70 @@ def config_from_dict(d: dict) -> ModelConfig:
 
 def save_policy(path: str, model: Transformer, tokenizer, meta: dict | None
                 = None) -> str:
+  """Write a policy folder atomically (collective on several processes)."""
   path = os.path.abspath(path)
   tmp = path + ".tmp"
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  if distributed.is_main():
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+  distributed.barrier("save_policy:start")
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.join(tmp, "params"), nnx.state(model, nnx.Param))
-  with open(os.path.join(tmp, "model_config.json"), "w") as f:
-    json.dump(config_to_dict(model.cfg), f, indent=2)
-  tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-  with open(os.path.join(tmp, "meta.json"), "w") as f:
-    json.dump(meta or {}, f, indent=2)
-  if os.path.exists(path):
-    old = path + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
-  else:
-    os.replace(tmp, path)
+  distributed.barrier("save_policy:params")
+  if distributed.is_main():
+    with open(os.path.join(tmp, "model_config.json"), "w") as f:
+      json.dump(config_to_dict(model.cfg), f, indent=2)
+    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+      json.dump(meta or {}, f, indent=2)
+    if os.path.exists(path):
+      old = path + ".old"
+      shutil.rmtree(old, ignore_errors=True)
+      os.replace(path, old)
+      os.replace(tmp, path)
+      shutil.rmtree(old, ignore_errors=True)
+    else:
+      os.replace(tmp, path)
+  distributed.barrier("save_policy:done")
   return path
 
 
-def load_policy(path: str):
-  """(model, tokenizer, meta) from a folder written by `save_policy`."""
+def is_policy_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "model_config.json"))
+
+
+def abstract_model(cfg: ModelConfig):
+  """(graphdef, abstract params, rest) of a model with this config."""
+  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(abstract, nnx.Param, ...)
+
+
+def load_policy(path: str, mesh=None, **config_overrides):
+  """(model, tokenizer, meta) from a folder written by `save_policy`.
+
+  Args:
+    path: the policy folder.
+    mesh: restore every parameter sharded over it (`sharding.py` rules);
+      None restores onto this process's first device, whatever topology
+      saved it (a policy pretrained on CPU loads on a GPU).
+    **config_overrides: `ModelConfig` fields to change, e.g. param_dtype
+      (parameters are restored in it), dtype, remat, attention.
+  """
   for name in ("params", "model_config.json", "tokenizer"):
     if not os.path.exists(os.path.join(path, name)):
       raise FileNotFoundError(f"policy checkpoint {path!r} has no {name}")
   with open(os.path.join(path, "model_config.json")) as f:
-    cfg = config_from_dict(json.load(f))
-  abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
-  # Restore onto this process's first device, whatever topology saved it
-  # (a policy pretrained on CPU loads on a GPU).
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    cfg = config_from_dict(json.load(f)).replace(**config_overrides)
+  graphdef, abstract_params, rest = abstract_model(cfg)
+  if mesh is None:
+    shardings = jax.tree.map(
+        lambda _: jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+        abstract_params)
+  else:
+    shardings = sharding.tree_shardings(abstract_params, mesh)
   abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract_params)
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_params, shardings)
   with ocp.StandardCheckpointer() as ckptr:
     params = ckptr.restore(os.path.abspath(os.path.join(path, "params")),
                            abstract_params)
@@ -82,3 +117,58 @@ def load_policy(path: str):
     with open(os.path.join(path, "meta.json")) as f:
       meta = json.load(f)
   return model, tokenizer, meta
+
+
+def load_any(path: str, mesh=None, **config_overrides):
+  """(model, tokenizer, meta) from a policy folder or a Hugging Face folder
+  (config.json + safetensors + tokenizer files)."""
+  if is_policy_dir(path):
+    return load_policy(path, mesh, **config_overrides)
+  if os.path.isfile(os.path.join(path, "config.json")):
+    from poly_epo.models.hf_io import load_hf
+    overrides = dict(config_overrides)
+    dtype = overrides.pop("param_dtype", "float32")
+    compute = overrides.pop("dtype", dtype)
+    model = load_hf(path, dtype=dtype, mesh=mesh, **overrides)
+    if compute != dtype:
+      model = nnx.merge(*_with_cfg(model, model.cfg.replace(dtype=compute)))
+    return model, load_tokenizer(path), {"source": path}
+  raise FileNotFoundError(
+      f"{path!r} is neither a policy folder (model_config.json + params/) "
+      "nor a Hugging Face folder (config.json + *.safetensors)")
+
+
+def _with_cfg(model, cfg):
+  graphdef, _, rest = abstract_model(cfg)
+  return graphdef, nnx.state(model, nnx.Param), rest
+
+
+class TrainCheckpoints:
+  """(params, opt_state) every `ckpt_every` steps under `<workdir>/checkpoints`
+  (Orbax CheckpointManager: collective across processes, keeps the last
+  `keep`)."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.manager = ocp.CheckpointManager(
+        self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
+                                                       create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore(self, step: int, params, opt_state):
+    """Restore onto the shardings and dtypes of the given (live) trees."""
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore({"params": params,
+                                        "opt_state": opt_state})))
+    return restored.state["params"], restored.state["opt_state"]
+
+  def save(self, step: int, params, opt_state) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params,
+                                     "opt_state": opt_state})))
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -22,6 +22,28 @@ def check_config(cfg) -> None:
        f"unknown task {cfg.task.name!r}; known: "
        f"{', '.join(tasks.task_names())}")
   need(cfg.num_samples >= 2, "num_samples", "needs at least 2 samples")
+  need(cfg.temperature > 0, "temperature",
+       f"{cfg.temperature} must be > 0 (the loss divides logits by it; "
+       "greedy decoding is not a policy-gradient sampler)")
+  need(0 < cfg.top_p <= 1 and cfg.top_k >= 0, "top_p",
+       "top_p must be in (0, 1] and top_k >= 0")
+  for field in ("param_dtype", "dtype"):
+    need(cfg.model[field] in ("float32", "bfloat16", "float16"),
+         f"model.{field}", "'float32', 'bfloat16' or 'float16'")
+  need(cfg.model.remat in ("none", "full", "dots"), "model.remat",
+       "'none', 'full' or 'dots'")
+  need(cfg.model.attention in ("einsum", "xla", "cudnn"), "model.attention",
+       "'einsum', 'xla' or 'cudnn'")
+  need(cfg.model.logprob_chunk >= 0, "model.logprob_chunk", "must be >= 0")
+  need(cfg.recompute_old_logprobs in ("auto", "on", "off"),
+       "recompute_old_logprobs", "'auto', 'on' or 'off'")
+  procs = jax.process_count()
+  need(cfg.prompts_per_step % procs == 0, "prompts_per_step",
+       f"{cfg.prompts_per_step} prompts do not split over {procs} processes")
+  chunk = cfg.rollout.chunk_prompts
+  need(chunk >= 0, "rollout.chunk_prompts", "must be >= 0")
+  need(chunk == 0 or chunk % procs == 0, "rollout.chunk_prompts",
+       f"{chunk} does not split over {procs} processes")
   need(1 <= cfg.set_size <= cfg.num_samples, "set_size",
        f"{cfg.set_size} must be between 1 and num_samples={cfg.num_samples}")
   need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")
@@ -51,6 +73,8 @@ def check_config(cfg) -> None:
   if cfg.base_policy:
     need(os.path.isdir(cfg.base_policy), "base_policy",
          f"no checkpoint folder at {cfg.base_policy!r}")
+  need(cfg.export_dtype in ("", "float32", "bfloat16", "float16"),
+       "export_dtype", "'', 'float32', 'bfloat16' or 'float16'")
   need(cfg.ckpt_every >= 1 and cfg.keep_checkpoints >= 1, "ckpt_every",
        "ckpt_every and keep_checkpoints must be >= 1")
   need(cfg.eval_every >= 0 and cfg.eval_prompts >= 0, "eval_every",

@@ -10,13 +10,27 @@ def base_config() -> ml_collections.ConfigDict:
   c.workdir = "runs/experiment"  # Checkpoints, metrics, base policy, results.
   c.progress = True  # tqdm progress bars.
   c.distributed = False  # Call jax.distributed.initialize() (multi-host pods).
+  c.coordinator_address = ""  # host:port of process 0 ("" = auto-detect, as
+  # on TPU VM pods and SLURM); with num_processes and process_id below.
+  c.num_processes = 0  # Processes in the run (with coordinator_address).
+  c.process_id = -1  # This process's index (with coordinator_address).
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "polynomial"  # A registered task (poly_epo.tasks).
   c.task.options = ml_collections.ConfigDict()  # Its constructor options.
 
   c.model = ml_collections.ConfigDict()
-  c.model.preset = "tiny"  # Preset of a pretrained-from-scratch base policy.
+  c.model.preset = "tiny"  # Preset of a pretrained-from-scratch base policy
+  # (tiny, small, ...), and the shapes `poly_epo.plan` uses when there is no
+  # base_policy (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b).
+  c.model.param_dtype = "float32"  # Master weights and optimizer state.
+  c.model.dtype = "float32"  # Compute dtype: sampler, KV cache, loss forward
+  # (bfloat16 on accelerators; float32 is fastest on CPU).
+  c.model.remat = "none"  # Per-layer rematerialisation: none | full | dots.
+  c.model.attention = "einsum"  # Training forward attention: einsum | xla
+  # (jax.nn.dot_product_attention) | cudnn (its GPU flash kernel, bf16).
+  c.model.logprob_chunk = 0  # Positions per log-prob chunk in the loss (0 =
+  # all at once); bounds the [S, chunk, V] f32 logits.
   c.base_policy = ""  # Policy folder to start from; "" = <workdir>/base,
   # pretrained there when missing (embedded tasks).
 
@@ -51,6 +65,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.temperature = 1.0  # Sampling temperature (also used in the loss).
   c.top_p = 1.0  # Nucleus sampling (1.0 = off).
   c.top_k = 0  # Top-k sampling (0 = off).
+  c.recompute_old_logprobs = "auto"  # Old log-probs from one forward of the
+  # training model before the minibatches (verl): on | off | auto (on when
+  # model.dtype is not float32).
+
+  c.rollout = ml_collections.ConfigDict()
+  c.rollout.chunk_prompts = 0  # Prompts per generate call, over all
+  # processes (0 = the whole batch): bounds the KV cache; samples unchanged.
 
   c.lr = 3e-4  # AdamW learning rate.
   c.lr_schedule = "constant"  # constant | cosine.
@@ -83,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_samples = 32  # m samples per held-out prompt (pass@1..m).
   c.ckpt_every = 20  # Checkpoint every this many steps (and at the end).
   c.keep_checkpoints = 2  # Checkpoints kept.
+  c.export_hf = True  # Also write the final policy as a Hugging Face folder
+  # (<workdir>/policy_hf: safetensors, config, generation config, tokenizer).
+  c.export_dtype = ""  # Tensor dtype of that export ("" = model.param_dtype).
   c.max_nan_steps = 3  # Stop after this many skipped (non-finite) updates
   # in a row.
   return c

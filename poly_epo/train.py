@@ -25,15 +25,19 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config=configs/<exp>.py is required")
   if cfg.get("distributed", False):
-    import jax
-    jax.distributed.initialize()
-  from poly_epo import trainer
+    from poly_epo import distributed
+    distributed.initialize(cfg.coordinator_address, cfg.num_processes,
+                           cfg.process_id)
+  from poly_epo import distributed, trainer
   t0 = time.perf_counter()
   summary = trainer.train(cfg)
-  print(trainer.format_table(summary))
-  print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "
-        f"{cfg.workdir}/metrics.jsonl (TensorBoard: {cfg.workdir}/tb); "
-        f"trained policy: {summary['policy']}")
+  if distributed.is_main():
+    print(trainer.format_table(summary))
+    print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "
+          f"{cfg.workdir}/metrics.jsonl (TensorBoard: {cfg.workdir}/tb); "
+          f"trained policy: {summary['policy']}"
+          + (f" (Hugging Face: {summary['policy_hf']})"
+             if summary.get("policy_hf") else ""))
 
 
 if __name__ == "__main__":

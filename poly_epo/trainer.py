@@ -1,32 +1,40 @@
-"""The RL loop: sample N per prompt -> rewards -> labels -> advantages ->
-sharded PPO minibatch updates -> metrics / evaluation / checkpoints.
+"""The RL loop, one straight line per step:
+
+    prompts -> rollout -> score (rewards, labels) -> advantages -> update -> log
+
+on one device, a mesh, or every host of a pod (each process handles its own
+contiguous block of the step's prompts; see poly_epo/distributed.py).
 
 Exact resume: every random choice of step s derives from (seed, s) -- the
-prompts from `task.train_prompts(seed * 1_000_003 + s, B)`, the sampling key
-from `fold_in(key(seed), s)` -- so the checkpointed params, optimizer state
-and step are the whole state. A run killed at any point and started again
-with the same command continues with the same metrics.
+prompts from `task.train_prompts(seed * 1_000_003 + s, B)`, prompt i's samples
+from `fold_in(fold_in(key(seed), s), i)` -- so the checkpointed params,
+optimizer state and step are the whole state. A run killed at any point and
+started again with the same command continues with the same metrics.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 
-from poly_epo import (checkpointing, config_checks, evaluate, judges, metrics,
-                      pretrain, sampling, set_rl, sharding, tasks, update)
+from poly_epo import (checkpointing, config_checks, distributed, evaluate,
+                      export, judges, metrics, pretrain, rollout, set_rl,
+                      sharding, tasks, update)
+from poly_epo.metrics_writer import MetricsWriter
 from poly_epo.tokenizer import decode_completions, encode_prompts
 
-# Fields that may change between a run and its resumption.
+# Fields that may change between a run and its resumption (or differ between
+# the processes of one run).
 RESUMABLE_FIELDS = ("steps", "eval_every", "ckpt_every", "keep_checkpoints",
-                    "progress")
+                    "progress", "coordinator_address", "num_processes",
+                    "process_id", "distributed", "export_hf")
 
 
 def _flat_config(cfg) -> dict:
@@ -44,6 +52,14 @@ def _flat_config(cfg) -> dict:
   return out
 
 
+def _write_json(obj, path: str) -> None:
+  """Atomic JSON write by the main process."""
+  if distributed.is_main():
+    with open(path + ".tmp", "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
 def check_workdir(cfg) -> None:
   """Refuse a workdir that belongs to a different config; record ours."""
   os.makedirs(cfg.workdir, exist_ok=True)
@@ -59,71 +75,209 @@ def check_workdir(cfg) -> None:
           f"workdir {cfg.workdir!r} holds a run of a different config "
           f"(fields differ: {', '.join(diff[:8])}); use another "
           "--config.workdir or delete it")
-  with open(path + ".tmp", "w") as f:
-    json.dump(mine, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  distributed.barrier("check_workdir")
+  _write_json(mine, path)
 
 
 def make_judge(cfg):
   if cfg.judge.kind == "http":
+    cache = os.path.join(cfg.workdir, "judge_cache.jsonl") \
+        if distributed.is_main() else None
     return judges.HttpJudge(cfg.judge.url, cfg.judge.model,
                             timeout=cfg.judge.timeout,
                             max_concurrency=cfg.judge.max_concurrency,
-                            cache_path=os.path.join(cfg.workdir,
-                                                    "judge_cache.jsonl"))
+                            cache_path=cache)
   if cfg.judge.kind == "inprocess":
     return judges.InProcessJudge(cfg.judge.path)
   return None
 
 
-def base_policy(cfg, progress: bool):
-  """(model, tokenizer): `config.base_policy`, or <workdir>/base, pretrained
-  there first when missing (embedded tasks)."""
+def model_overrides(cfg) -> dict:
+  """ModelConfig fields the experiment config sets on the loaded policy."""
+  m = cfg.model
+  return dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+              attention=m.attention)
+
+
+def base_policy(cfg, mesh=None, progress: bool = True):
+  """(model, tokenizer): `config.base_policy` (a policy or Hugging Face
+  folder), or <workdir>/base, pretrained there first when missing (embedded
+  tasks), loaded straight onto the mesh in the config's dtypes."""
   path = cfg.base_policy or os.path.join(cfg.workdir, "base")
   if not os.path.isdir(path):
     if cfg.base_policy:
       raise FileNotFoundError(f"config.base_policy: no folder {path!r}")
-    print(f"no base policy at {path}: pretraining one")
-    s = pretrain.pretrain(cfg, progress=progress)
-    print(f"pretrained in {s['total_seconds']:.0f} s: held-out pass@1 "
-          f"{s['heldout_pass@1']:.3f}")
-  model, tok, _ = checkpointing.load_policy(path)
+    if distributed.is_main():
+      print(f"no base policy at {path}: pretraining one")
+      s = pretrain.pretrain(cfg, progress=progress)
+      print(f"pretrained in {s['total_seconds']:.0f} s: held-out pass@1 "
+            f"{s['heldout_pass@1']:.3f}")
+    distributed.barrier("pretrain")
+  model, tok, _ = checkpointing.load_any(path, mesh, **model_overrides(cfg))
   return model, tok
 
 
-class MetricsLog:
-  """JSONL (atomic rewrite on resume) + TensorBoard."""
+def _recompute(cfg) -> bool:
+  if cfg.recompute_old_logprobs == "auto":
+    return cfg.model.dtype != "float32"
+  return cfg.recompute_old_logprobs == "on"
 
-  def __init__(self, workdir: str, start_step: int):
-    from tensorboardX import SummaryWriter
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    kept = []
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        for line in f:
-          try:
-            rec = json.loads(line)
-          except json.JSONDecodeError:
-            continue  # A torn last line from a killed run.
-          step = rec.get("step", 0)
-          is_train = any(k.startswith("train/") for k in rec)
-          # Keep what the checkpoint covers: train rows before it, and the
-          # evaluation of its own params (written at step == start_step).
-          if step < start_step or (step == start_step and not is_train):
-            kept.append(line if line.endswith("\n") else line + "\n")
-    with open(self.path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(self.path + ".tmp", self.path)
-    self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
-  def write(self, step: int, values: dict, prefix: str = "train"):
-    rec = {"step": step, **{f"{prefix}/{k}": v for k, v in values.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(rec) + "\n")
-    for k, v in values.items():
-      if isinstance(v, (int, float)) and np.isfinite(v):
-        self.tb.add_scalar(f"{prefix}/{k}", v, step)
-    self.tb.flush()
+@dataclasses.dataclass
+class Run:
+  """What every step needs besides the params and optimizer state."""
+  cfg: object
+  task: object
+  judge: object
+  mesh: object
+  tok: object
+  graphdef: object
+  rest: object
+  update_fn: object
+  key: jax.Array
+  block: tuple  # [start, stop) of this process's prompts in every step.
+
+  def model(self, params):
+    return nnx.merge(self.graphdef, params, self.rest)
+
+
+def setup(cfg, progress: bool):
+  """Build the run and its initial (params, opt_state)."""
+  task = tasks.get(cfg.task.name, **dict(cfg.task.options))
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  model, tok = base_policy(cfg, mesh, progress)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = update.make_optimizer(cfg.lr, weight_decay=cfg.weight_decay,
+                             grad_clip=cfg.grad_clip,
+                             warmup_steps=cfg.warmup_steps,
+                             total_steps=cfg.steps,
+                             schedule=cfg.lr_schedule)
+  params_sh = sharding.tree_shardings(params, mesh)
+  opt_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  update_fn = update.make_update_fn(
+      graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
+      num_minibatches=cfg.num_minibatches,
+      num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
+      recompute_old_logprobs=_recompute(cfg),
+      logprob_chunk=cfg.model.logprob_chunk,
+      loss_options=dict(eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
+                        dual_clip=cfg.loss.dual_clip or None,
+                        aggregation=cfg.loss.aggregation,
+                        max_len=cfg.max_new_tokens, kl_coef=0.0,
+                        entropy_coef=cfg.loss.entropy_coef))
+  procs, me = jax.process_count(), jax.process_index()
+  per = cfg.prompts_per_step // procs
+  block = (me * per, (me + 1) * per)
+  rows = cfg.prompts_per_step * cfg.num_samples
+  if procs > 1 and distributed.process_block(mesh, rows) != (
+      block[0] * cfg.num_samples, block[1] * cfg.num_samples):
+    raise ValueError("config.mesh: this process's devices do not hold its "
+                     "block of the batch (the mesh must be process-major)")
+  run = Run(cfg, task, make_judge(cfg), mesh, tok, graphdef, rest, update_fn,
+            jax.random.key(cfg.seed), block)
+  return run, params, opt_state
+
+
+def step_prompts(run: Run, step: int):
+  """This process's prompts of a step, encoded [B_local, P]."""
+  cfg = run.cfg
+  prompts = run.task.train_prompts(cfg.seed * 1_000_003 + step,
+                                   cfg.prompts_per_step)
+  mine = prompts[run.block[0]:run.block[1]]
+  try:
+    tokens, mask = encode_prompts(run.tok, mine, width=cfg.max_prompt_tokens)
+  except ValueError as e:
+    raise ValueError(f"config.max_prompt_tokens={cfg.max_prompt_tokens}: "
+                     f"{e}") from None
+  return mine, tokens, mask
+
+
+def rollout_step(run: Run, params, tokens, mask, step: int):
+  """N completions per prompt: NumPy SampleOutput [B_local, N, L]."""
+  cfg = run.cfg
+  return rollout.rollout(
+      run.graphdef, params, run.rest, tokens, mask,
+      np.arange(*run.block), rng=jax.random.fold_in(run.key, step),
+      num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+      eos_id=run.tok.eos_token_id, pad_id=run.tok.pad_token_id,
+      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+      chunk_prompts=cfg.rollout.chunk_prompts, mesh=run.mesh,
+      compute_dtype=cfg.model.dtype)
+
+
+def score_step(run: Run, prompts, out):
+  """(rewards [B_local, N], labels [B_local, N], valid [B_local])."""
+  texts = decode_completions(run.tok, out.tokens, out.mask)
+  rewards, labels = evaluate.score(run.task, prompts, texts)
+  valid = np.ones(len(prompts), bool)
+  if run.judge is not None:
+    results = run.judge.cluster_many(prompts, texts)
+    labels = np.array([r.labels for r in results], np.int32)
+    valid = np.array([r.valid for r in results])
+  return rewards, labels, valid
+
+
+def advantages_step(run: Run, rewards, labels, valid, step: int):
+  cfg = run.cfg
+  if cfg.algorithm in set_rl.baseline_names():
+    options = dict(cfg.baseline_options.get(cfg.algorithm, {}))
+  else:
+    options = dict(cfg.objective_options)
+  rng = jax.random.fold_in(jax.random.fold_in(run.key, step), 1)
+  return np.asarray(set_rl.advantages(
+      cfg.algorithm, rewards, labels, set_size=cfg.set_size,
+      num_sets=cfg.num_sets or None, reduce=cfg.reduce, valid=valid, rng=rng,
+      **options))
+
+
+def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
+  """One rollout batch of PPO minibatch updates; returns host metrics."""
+  cfg = run.cfg
+  k, length = cfg.num_samples, cfg.max_new_tokens
+  batch = update.RolloutBatch(
+      tokens_ST=np.concatenate([np.repeat(tokens, k, 0),
+                                out.tokens.reshape(-1, length)], 1),
+      attn_ST=np.concatenate([np.repeat(mask, k, 0),
+                              out.mask.reshape(-1, length)], 1),
+      mask_SL=out.mask.reshape(-1, length),
+      old_logp_SL=out.logprobs.reshape(-1, length),
+      adv_S=adv.reshape(-1).astype(np.float32))
+  batch = sharding.host_local_to_global(run.mesh, batch)
+  params, opt_state, upd = run.update_fn(params, opt_state, batch)
+  upd = {name: float(distributed.host_value(v)) for name, v in upd.items()}
+  return params, opt_state, upd
+
+
+def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
+  """The step's metrics over the whole batch (gathered from every process)."""
+  k = run.cfg.num_samples
+  rewards = distributed.allgather(rewards)
+  labels = distributed.allgather(labels)
+  adv = distributed.allgather(adv)
+  lengths = distributed.allgather(out.mask.sum(-1))
+  judge = run.judge
+  counts = distributed.allgather(np.array([[
+      judge.counts["failed"] if judge else 0,
+      judge.counts["wrong_count"] if judge else 0,
+      sum(run.task.errors.values())]], np.float64))
+  correct = rewards >= 0.5
+  n_tok = int(lengths.sum())
+  return {
+      "reward_mean": float(rewards.mean()),
+      "pass@1": float(correct.mean()),
+      f"pass@{k}": float(correct.any(1).mean()),
+      "distinct_correct": float(metrics.distinct_correct(labels,
+                                                         correct).mean()),
+      "frac_zero_adv": float((np.abs(adv).max(1) == 0).mean()),
+      "response_length": float(lengths.mean()),
+      "sample_tok_s": n_tok / max(t_sample, 1e-9),
+      "update_tok_s": n_tok / max(t_update, 1e-9),
+      "judge_failed": float(counts[:, 0].sum()),
+      "judge_wrong_count": float(counts[:, 1].sum()),
+      "task_errors": float(counts[:, 2].sum()),
+      **upd,
+  }
 
 
 def _eval_summary(ev: dict, m: int) -> dict:
@@ -132,61 +286,38 @@ def _eval_summary(ev: dict, m: int) -> dict:
           "any_correct": ev["any_correct"]}
 
 
+def run_eval(run: Run, params, heldout) -> dict:
+  cfg = run.cfg
+  ev = evaluate.evaluate(run.model(params), run.tok, run.task, heldout,
+                         num_samples=cfg.eval_samples,
+                         max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, seed=cfg.seed,
+                         mesh=run.mesh, compute_dtype=cfg.model.dtype,
+                         batch_prompts=cfg.rollout.chunk_prompts or 64)
+  return _eval_summary(ev, cfg.eval_samples)
+
+
 def train(cfg) -> dict:
   """Run (or resume) RL training; returns the final summary."""
   config_checks.check_config(cfg)
-  check_workdir(cfg)
-  progress = cfg.get("progress", True)
-  task = tasks.get(cfg.task.name, **dict(cfg.task.options))
-  judge = make_judge(cfg)
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  model, tok = base_policy(cfg, progress)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = update.make_optimizer(cfg.lr, weight_decay=cfg.weight_decay,
-                             grad_clip=cfg.grad_clip,
-                             warmup_steps=cfg.warmup_steps,
-                             total_steps=cfg.steps,
-                             schedule=cfg.lr_schedule)
-  params_sh = sharding.tree_shardings(params, mesh)
-  params = jax.device_put(params, params_sh)
-  opt_state = tx.init(params)
-  opt_sh = sharding.tree_shardings(opt_state, mesh)
-  opt_state = jax.device_put(opt_state, opt_sh)
-  width = cfg.max_prompt_tokens
-  update_fn = update.make_update_fn(
-      graphdef, tx, mesh, params_sh, opt_sh, prompt_len=width,
-      num_minibatches=cfg.num_minibatches,
-      num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
-      loss_options=dict(eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
-                        dual_clip=cfg.loss.dual_clip or None,
-                        aggregation=cfg.loss.aggregation,
-                        max_len=cfg.max_new_tokens, kl_coef=0.0,
-                        entropy_coef=cfg.loss.entropy_coef))
+  os.makedirs(cfg.workdir, exist_ok=True)
+  with distributed.WorkdirLock(cfg.workdir):
+    check_workdir(cfg)
+    return _train(cfg)
 
-  ckpt_dir = os.path.abspath(os.path.join(cfg.workdir, "checkpoints"))
-  manager = ocp.CheckpointManager(
-      ckpt_dir, options=ocp.CheckpointManagerOptions(
-          max_to_keep=cfg.keep_checkpoints, create=True))
-  start = 0
-  if manager.latest_step() is not None:
-    start = manager.latest_step()
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore({"params": params,
-                                        "opt_state": opt_state})))
-    params = restored.state["params"]
-    opt_state = restored.state["opt_state"]
-    print(f"resumed from {ckpt_dir} at step {start}")
-  log = MetricsLog(cfg.workdir, start)
 
-  heldout = task.heldout_prompts(cfg.seed, cfg.eval_prompts) \
+def _train(cfg) -> dict:
+  progress = cfg.get("progress", True) and distributed.is_main()
+  run, params, opt_state = setup(cfg, progress)
+  ckpts = checkpointing.TrainCheckpoints(cfg.workdir, cfg.keep_checkpoints)
+  start = ckpts.latest_step() or 0
+  if start:
+    params, opt_state = ckpts.restore(start, params, opt_state)
+    if distributed.is_main():
+      print(f"resumed from {ckpts.dir} at step {start}")
+  log = MetricsWriter(cfg.workdir, start)
+  heldout = run.task.heldout_prompts(cfg.seed, cfg.eval_prompts) \
       if cfg.eval_prompts else []
-  m = cfg.eval_samples
-
-  def run_eval(p):
-    ev = evaluate.evaluate(nnx.merge(graphdef, p, rest), tok, task, heldout,
-                           num_samples=m, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, seed=cfg.seed)
-    return _eval_summary(ev, m)
 
   base_eval_path = os.path.join(cfg.workdir, "base_eval.json")
   base_eval = None
@@ -195,77 +326,24 @@ def train(cfg) -> dict:
       with open(base_eval_path) as f:
         base_eval = json.load(f)
     else:
-      base_eval = run_eval(params)
-      with open(base_eval_path + ".tmp", "w") as f:
-        json.dump(base_eval, f)
-      os.replace(base_eval_path + ".tmp", base_eval_path)
+      base_eval = run_eval(run, params, heldout)
+      _write_json(base_eval, base_eval_path)
 
-  key = jax.random.key(cfg.seed)
   nan_run = 0
-  bar = tqdm.trange(start, cfg.steps, desc=f"{cfg.algorithm}",
-                    initial=start, total=cfg.steps, disable=not progress)
+  bar = tqdm.trange(start, cfg.steps, desc=f"{cfg.algorithm}", initial=start,
+                    total=cfg.steps, disable=not progress)
   for step in bar:
     t0 = time.perf_counter()
-    prompts = task.train_prompts(cfg.seed * 1_000_003 + step,
-                                 cfg.prompts_per_step)
-    try:
-      p_tok, p_mask = encode_prompts(tok, prompts, width=width)
-    except ValueError as e:
-      raise ValueError(f"config.max_prompt_tokens={width}: {e}") from None
-    out = sampling.generate(
-        nnx.merge(graphdef, params, rest), p_tok, p_mask,
-        num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-        eos_id=tok.eos_token_id, rng=jax.random.fold_in(key, step),
-        pad_id=tok.pad_token_id)
-    out = jax.device_get(out)
+    prompts, tokens, mask = step_prompts(run, step)
+    out = rollout_step(run, params, tokens, mask, step)
     t_sample = time.perf_counter() - t0
-    texts = decode_completions(tok, out.tokens, out.mask)
-    rewards, labels = evaluate.score(task, prompts, texts)
-    valid = np.ones(len(prompts), bool)
-    if judge is not None:
-      results = judge.cluster_many(prompts, texts)
-      labels = np.array([r.labels for r in results], np.int32)
-      valid = np.array([r.valid for r in results])
-    options = dict(cfg.objective_options) if cfg.algorithm not in \
-        set_rl.baseline_names() else dict(cfg.baseline_options.get(
-            cfg.algorithm, {}))
-    adv = np.asarray(set_rl.advantages(
-        cfg.algorithm, rewards, labels, set_size=cfg.set_size,
-        num_sets=cfg.num_sets or None, reduce=cfg.reduce, valid=valid,
-        rng=jax.random.fold_in(jax.random.fold_in(key, step), 1), **options))
-    k = cfg.num_samples
-    batch = update.RolloutBatch(
-        tokens_ST=np.concatenate([np.repeat(p_tok, k, 0),
-                                  out.tokens.reshape(-1, cfg.max_new_tokens)],
-                                 1),
-        attn_ST=np.concatenate([np.repeat(p_mask, k, 0),
-                                out.mask.reshape(-1, cfg.max_new_tokens)], 1),
-        mask_SL=out.mask.reshape(-1, cfg.max_new_tokens),
-        old_logp_SL=out.logprobs.reshape(-1, cfg.max_new_tokens),
-        adv_S=adv.reshape(-1).astype(np.float32))
+    rewards, labels, valid = score_step(run, prompts, out)
+    adv = advantages_step(run, rewards, labels, valid, step)
     t1 = time.perf_counter()
-    params, opt_state, upd = update_fn(params, opt_state, batch)
-    upd = {k_: float(v) for k_, v in jax.device_get(upd).items()}
-    t_update = time.perf_counter() - t1
-    correct = rewards >= 0.5
-    n_tok = int(out.mask.sum())
-    row = {
-        "reward_mean": float(rewards.mean()),
-        "pass@1": float(correct.mean()),
-        f"pass@{k}": float(correct.any(1).mean()),
-        "distinct_correct": float(metrics.distinct_correct(labels,
-                                                           correct).mean()),
-        "frac_zero_adv": float((np.abs(adv).max(1) == 0).mean()),
-        "response_length": float(out.mask.sum(-1).mean()),
-        "sample_tok_s": n_tok / max(t_sample, 1e-9),
-        "update_tok_s": n_tok / max(t_update, 1e-9),
-        "judge_failed": float(judge.counts["failed"]) if judge else 0.0,
-        "judge_wrong_count": float(judge.counts["wrong_count"]) if judge
-        else 0.0,
-        "task_errors": float(sum(task.errors.values())),
-        **upd,
-    }
+    params, opt_state, upd = update_step(run, params, opt_state, tokens, mask,
+                                         out, adv)
+    row = log_row(run, rewards, labels, adv, out, upd, t_sample,
+                  time.perf_counter() - t1)
     log.write(step, row)
     nan_run = nan_run + 1 if upd["skipped"] else 0
     if nan_run >= cfg.max_nan_steps:
@@ -277,25 +355,33 @@ def train(cfg) -> dict:
     done = step + 1
     if cfg.eval_every and heldout and done % cfg.eval_every == 0 and \
         done < cfg.steps:
-      log.write(done, run_eval(params), prefix="eval")
+      log.write(done, run_eval(run, params, heldout), prefix="eval")
     if done % cfg.ckpt_every == 0 or done == cfg.steps:
-      manager.save(done, args=ocp.args.Composite(state=ocp.args.StandardSave(
-          {"params": params, "opt_state": opt_state})))
-      manager.wait_until_finished()
-  manager.close()
+      ckpts.save(done, params, opt_state)
+  ckpts.close()
+  return finish(run, params, heldout, base_eval, log)
 
-  final = run_eval(params) if heldout else None
+
+def finish(run: Run, params, heldout, base_eval, log) -> dict:
+  """Final evaluation, the policy folder, the HF export and the summary."""
+  cfg = run.cfg
+  final = run_eval(run, params, heldout) if heldout else None
   if final is not None:
     log.write(cfg.steps, final, prefix="eval")
-  policy_dir = os.path.join(cfg.workdir, "policy")
-  checkpointing.save_policy(policy_dir, nnx.merge(graphdef, params, rest), tok,
-                            meta={"algorithm": cfg.algorithm,
-                                  "steps": cfg.steps, "eval": final})
+  log.close()
+  model = run.model(params)
+  policy_dir = checkpointing.save_policy(
+      os.path.join(cfg.workdir, "policy"), model, run.tok,
+      meta={"algorithm": cfg.algorithm, "steps": cfg.steps, "eval": final})
+  hf_dir = None
+  if cfg.export_hf:
+    hf_dir = export.export_hf(model, run.tok,
+                              os.path.join(cfg.workdir, "policy_hf"),
+                              dtype=cfg.export_dtype or None)
   summary = {"base": base_eval, "trained": final, "workdir": cfg.workdir,
-             "policy": policy_dir, "algorithm": cfg.algorithm,
-             "eval_samples": m}
-  with open(os.path.join(cfg.workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+             "policy": policy_dir, "policy_hf": hf_dir,
+             "algorithm": cfg.algorithm, "eval_samples": cfg.eval_samples}
+  _write_json(summary, os.path.join(cfg.workdir, "summary.json"))
   return summary
 
 

@@ -159,19 +159,28 @@ def _read(files: dict[str, str], names) -> Iterator[tuple[str, np.ndarray]]:
         yield n, f.get_tensor(n)
 
 
-def load_hf(path: str, dtype: str = "float32", **config_overrides
-            ) -> Transformer:
+def load_hf(path: str, dtype: str = "float32", *, mesh=None,
+            **config_overrides) -> Transformer:
   """Load a local Hugging Face folder into a `Transformer`.
+
+  Tensors are read one at a time (a fused q/k/v reads its three), converted
+  to our layout and placed straight into their target dtype and sharding
+  (`jax.make_array_from_callback`: each device receives its own slice, on
+  every host of a pod), so no whole-model copy exists on the host or on one
+  device.
 
   Args:
     path: folder with config.json and *.safetensors (sharded or not).
-    dtype: param and compute dtype ("float32" or "bfloat16").
+    dtype: param and compute dtype ("float32" or "bfloat16"); override
+      either with `param_dtype=` / `dtype=` in `config_overrides`.
+    mesh: shard every parameter over it (`poly_epo.sharding` rules); None
+      places them on this process's first device.
     **config_overrides: `ModelConfig` fields to override.
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f"checkpoint folder {path!r} does not exist")
-  cfg = ModelConfig.from_hf_json(path, param_dtype=dtype, dtype=dtype,
-                                 **config_overrides)
+  cfg = ModelConfig.from_hf_json(
+      path, **{"param_dtype": dtype, "dtype": dtype, **config_overrides})
   files = _safetensors_files(path)
   entries = tensor_map(cfg)
   expected = {n for e in entries for n in e[1]}
@@ -190,25 +199,38 @@ def load_hf(path: str, dtype: str = "float32", **config_overrides
                      + (" ..." if len(missing) > 10 else ""))
 
   model = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
-  pd = jnp.dtype(cfg.param_dtype)
-  tensors = dict(_read(files, sorted(expected)))
+  pd = np.dtype(jnp.dtype(cfg.param_dtype))
   if tied_head:
     head = next(_read(files, ["lm_head.weight"]))[1]
-    emb = tensors["model.embed_tokens.weight"]
+    emb = next(_read(files, ["model.embed_tokens.weight"]))[1]
     if head.shape != emb.shape or not np.array_equal(head, emb):
       raise ValueError(f"{path}: lm_head.weight differs from "
                        "model.embed_tokens.weight but the config ties them")
+    del head, emb
   for our_path, names, to_ours, to_hf in entries:
     target = _get(model, our_path)
     wants = to_hf(np.empty(target.shape, np.int8), cfg)
+    tensors = dict(_read(files, names))
     for name, want in zip(names, wants):
       if tuple(tensors[name].shape) != tuple(want.shape):
         raise ValueError(f"{path}: tensor {name} has shape "
                          f"{tuple(tensors[name].shape)}, but the config "
                          f"needs {tuple(want.shape)}")
     value = to_ours([tensors.pop(n).astype(np.float32) for n in names], cfg)
-    _set(model, our_path, jnp.asarray(value, pd))
+    value = np.ascontiguousarray(value.astype(pd))
+    _set(model, our_path, _place(value, our_path, mesh))
   return model
+
+
+def _place(value: np.ndarray, our_path, mesh) -> jax.Array:
+  """`value` as a jax.Array sharded by its parameter rule over `mesh`."""
+  if mesh is None:
+    return jax.device_put(value, jax.local_devices()[0])
+  from poly_epo import sharding
+  spec = sharding.param_spec([our_path[-1]], value.shape, mesh)
+  return jax.make_array_from_callback(
+      value.shape, jax.sharding.NamedSharding(mesh, spec),
+      lambda index: value[index])
 
 
 def _atomic_write_json(obj, fname):
@@ -230,14 +252,21 @@ def save_hf(model: Transformer, path: str, *, dtype: str | None = None,
       this size and write `model.safetensors.index.json`.
     tokenizer: optional `PreTrainedTokenizerFast` saved beside the weights.
   """
+  from poly_epo import distributed
   cfg = model.cfg
-  os.makedirs(path, exist_ok=True)
+  main = distributed.is_main()
   np_dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
   tensors = {}
   for our_path, names, _, to_hf in tensor_map(cfg):
-    arr = np.asarray(jax.device_get(_get(model, our_path)[...]))
-    for name, t in zip(names, to_hf(arr, cfg)):
-      tensors[name] = np.ascontiguousarray(t.astype(np_dtype))
+    # Every process takes part in gathering a multi-host-sharded parameter;
+    # only the main process keeps and writes it.
+    arr = distributed.host_value(_get(model, our_path)[...])
+    if main:
+      for name, t in zip(names, to_hf(arr.astype(np.float32), cfg)):
+        tensors[name] = np.ascontiguousarray(t.astype(np_dtype))
+  if not main:
+    return
+  os.makedirs(path, exist_ok=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, arr in tensors.items():
@@ -267,5 +296,14 @@ def save_hf(model: Transformer, path: str, *, dtype: str | None = None,
   hf_cfg["torch_dtype"] = str(np_dtype) if np_dtype != np.dtype(
       ml_dtypes.bfloat16) else "bfloat16"
   _atomic_write_json(hf_cfg, os.path.join(path, "config.json"))
+  gen = {"do_sample": True, "temperature": 1.0, "top_p": 1.0,
+         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+         "pad_token_id": cfg.pad_token_id}
+  if tokenizer is not None:
+    for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
+      if getattr(tokenizer, field, None) is not None:
+        gen[field] = getattr(tokenizer, field)
+  _atomic_write_json({k: v for k, v in gen.items() if v is not None},
+                     os.path.join(path, "generation_config.json"))
   if tokenizer is not None:
     tokenizer.save_pretrained(path)

@@ -1,0 +1,71 @@
+"""`python -m poly_epo.export --policy <policy dir> --out <hf dir> [--dtype bfloat16]`
+
+Converts a saved policy (`checkpointing.save_policy` folder: the trainer's
+`<workdir>/policy`, a pretrained base, ...) into a Hugging Face folder that
+transformers, vLLM and SGLang load: `model.safetensors` (or shards with an
+index), `config.json`, `generation_config.json` and the tokenizer. The folder
+is written under a temporary name and renamed. The trainer writes
+`<workdir>/policy_hf/` this way at the end of a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+from poly_epo import distributed
+
+
+def export_hf(model, tokenizer, out: str, *, dtype: str | None = None,
+              max_shard_bytes: int | None = 5 * 2**30) -> str:
+  """Write `model` (+ tokenizer) as a Hugging Face folder at `out`.
+
+  Collective on several processes (parameters are gathered); only the main
+  process writes. Returns the absolute path.
+  """
+  from poly_epo.models import save_hf
+  out = os.path.abspath(out)
+  tmp = out + ".tmp"
+  if distributed.is_main():
+    shutil.rmtree(tmp, ignore_errors=True)
+  save_hf(model, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes,
+          tokenizer=tokenizer)
+  if distributed.is_main():
+    old = out + ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.exists(out):
+      os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  distributed.barrier("export_hf")
+  return out
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m poly_epo.export",
+                               description=__doc__.split("\n\n")[1])
+  ap.add_argument("--policy", required=True, help="saved policy folder")
+  ap.add_argument("--out", required=True, help="Hugging Face folder to write")
+  ap.add_argument("--dtype", default=None,
+                  choices=["float32", "bfloat16", "float16"],
+                  help="tensor dtype in the files (default: the params')")
+  ap.add_argument("--max-shard-gb", type=float, default=5.0,
+                  help="split the weights into files of at most this size")
+  args = ap.parse_args(argv)
+  from poly_epo import checkpointing
+  try:
+    model, tok, _ = checkpointing.load_policy(args.policy)
+  except FileNotFoundError as e:
+    print(f"error: --policy: {e}", file=sys.stderr)
+    return 2
+  out = export_hf(model, tok, args.out, dtype=args.dtype,
+                  max_shard_bytes=int(args.max_shard_gb * 2**30))
+  print(f"wrote {out} ({model.cfg.num_params / 1e6:.2f}M params, "
+        f"{args.dtype or model.cfg.param_dtype})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
