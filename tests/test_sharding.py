@@ -1,6 +1,7 @@
 """poly_epo.sharding: mesh errors and partitioning rules."""
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
@@ -33,3 +34,43 @@ def test_param_rules_and_indivisible_fallback():
   assert specs["['final_norm']['weight'].value"] == P()
   assert sharding.batch_sharding(mesh, 3).spec == P(("data", "fsdp"), None,
                                                     None)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 1), (1, 2, 4), (2, 2, 2)])
+def test_every_qwen3_4b_param_gets_a_dividing_spec(shape):
+  from poly_epo import checkpointing
+  mesh = sharding.make_mesh(*shape)
+  _, params, _ = checkpointing.abstract_model(preset("qwen3-4b"))
+  shardings = sharding.tree_shardings(params, mesh)
+  n_sharded = 0
+  for leaf, sh in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
+    assert len(sh.spec) <= leaf.ndim
+    for dim, axis in zip(leaf.shape, sh.spec):
+      if axis is not None:
+        names = axis if isinstance(axis, tuple) else (axis,)
+        size = 1
+        for a in names:
+          size *= mesh.shape[a]
+        assert dim % size == 0, (leaf.shape, sh.spec)
+    n_sharded += any(a is not None for a in sh.spec)
+  # Every matrix (embedding, 36 x (qkv, o, gate_up, down)) is sharded.
+  assert n_sharded == 1 + 36 * 4
+
+
+def test_load_hf_on_an_8_device_mesh_equals_single_device(tmp_path):
+  from hf_fixtures import make_hf_model, save_hf_model
+  from poly_epo.models import load_hf
+  path = save_hf_model(make_hf_model("qwen3"), str(tmp_path / "q3"))
+  mesh = sharding.make_mesh(2, 2, 2)
+  one = load_hf(path)
+  many = load_hf(path, mesh=mesh, param_dtype="float32", dtype="float32")
+  a = nnx.state(one, nnx.Param)
+  b = nnx.state(many, nnx.Param)
+  specs = []
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+    specs.append(y.sharding.spec)
+  assert P("fsdp", "tensor", None, None) in specs  # qkv really is sharded.
+  bf = load_hf(path, mesh=mesh, dtype="bfloat16", param_dtype="float32")
+  assert bf.cfg.dtype == "bfloat16"
+  assert jax.tree.leaves(nnx.state(bf, nnx.Param))[0].dtype == np.float32
