@@ -8,9 +8,13 @@ judge. Needs local paths (nothing is downloaded) and accelerators:
         --config.judge.model=Qwen3-4B-Instruct-2507 \
         --config.mesh.fsdp=8
 
-`base_policy` is a `checkpointing.save_policy` folder; make one from a
-Hugging Face folder with `poly_epo.models.load_hf` + `load_tokenizer` +
-`save_policy`. Field meanings: poly_epo/config_defaults.py.
+`base_policy` is a Hugging Face folder (config.json + safetensors +
+tokenizer) or a `checkpointing.save_policy` folder; either is loaded straight
+onto the mesh. Check memory first, without weights or accelerators:
+
+    python -m poly_epo.plan --config configs/qwen3_4b_polaris.py --chip h100
+
+Field meanings: poly_epo/config_defaults.py.
 """
 
 from poly_epo.config_defaults import base_config
@@ -25,12 +29,22 @@ def get_config():
   c.task.options.problem_field = "problem"
   c.task.options.answer_field = "answer"
   c.base_policy = "/ckpt/qwen3-4b-base-policy"
+  c.model.preset = "qwen3-4b"  # Shapes for poly_epo.plan without weights.
+  c.model.param_dtype = "float32"  # f32 master weights and AdamW state...
+  c.model.dtype = "bfloat16"  # ...bf16 sampler, KV cache and loss forward.
+  c.model.remat = "full"  # Keep only each layer's input for the backward.
+  c.model.attention = "xla"  # jax.nn.dot_product_attention ("cudnn" on GPU).
+  c.model.attention_chunk = 512  # [rows, 32, 512, 5120] scores at a time.
+  c.model.logprob_chunk = 512  # [S, 512, 151936] f32 logits at a time.
+  c.recompute_old_logprobs = "auto"  # On (bf16 compute), as verl does.
+  c.rollout.chunk_prompts = 32  # KV cache of 32 x 8 rows x 5,120 positions.
   c.algorithm = "polyepo"
   c.set_size = 4  # n = 4.
   c.num_samples = 8  # N = 8 (70 sets).
   c.prompts_per_step = 128  # 128 prompts per rollout batch...
   c.num_minibatches = 2  # ...in 2 minibatches of 64 (2 optimizer steps).
-  c.num_microbatches = 16  # Accumulation to fit memory (tune per device).
+  c.num_microbatches = 64  # 8 sequences per micro-batch (1 per device on
+  # 8 devices); `python -m poly_epo.plan` finds the smallest that fits.
   c.max_prompt_tokens = 1024
   c.max_new_tokens = 4096
   c.temperature = 1.0

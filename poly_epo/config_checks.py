@@ -35,6 +35,8 @@ def check_config(cfg) -> None:
   need(cfg.model.attention in ("einsum", "xla", "cudnn"), "model.attention",
        "'einsum', 'xla' or 'cudnn'")
   need(cfg.model.logprob_chunk >= 0, "model.logprob_chunk", "must be >= 0")
+  need(cfg.model.attention_chunk >= 0, "model.attention_chunk",
+       "must be >= 0")
   need(cfg.recompute_old_logprobs in ("auto", "on", "off"),
        "recompute_old_logprobs", "'auto', 'on' or 'off'")
   procs = jax.process_count()

@@ -114,6 +114,16 @@ def _prefill(graphdef, state, prompt_BP, mask_BP, prompt_keys_B, *,
   out by `sharding.cache_shardings` (rows over data/fsdp, KV heads over
   tensor), and the decode loop keeps that layout.
   """
+  if mesh is not None:
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
+                           num_samples, max_new_tokens, mesh)
+  return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
+                       num_samples, max_new_tokens, mesh)
+
+
+def _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
+                  num_samples, max_new_tokens, mesh):
   model: Transformer = nnx.merge(graphdef, state)
   b, p = prompt_BP.shape
   k = num_samples

@@ -99,6 +99,20 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def constrain_rows(x):
+  """Activations [rows, ...] split over (data, fsdp) when traced under a
+  mesh (`jax.sharding.use_abstract_mesh`, as the update and the sampler do);
+  unchanged otherwise. Without it XLA may follow the FSDP weights and keep
+  whole micro-batches, not one slice of rows, on every device."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH) <= set(mesh.axis_names):
+    return x
+  if x.shape[0] % int(np.prod([mesh.shape[a] for a in BATCH])):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH, *([None] *
+                                                        (x.ndim - 1))))
+
+
 def cache_shardings(mesh, cache):
   """A KVCache's layout: rows over (data, fsdp), KV heads over tensor.
 

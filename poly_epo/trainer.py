@@ -96,7 +96,7 @@ def model_overrides(cfg) -> dict:
   """ModelConfig fields the experiment config sets on the loaded policy."""
   m = cfg.model
   return dict(param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-              attention=m.attention)
+              attention=m.attention, attention_chunk=m.attention_chunk)
 
 
 def base_policy(cfg, mesh=None, progress: bool = True):

@@ -1,7 +1,8 @@
 """The policy update: one jitted, sharded function over a whole rollout batch.
 
 The rollout's S = B * N sequences are split into `num_minibatches` optimizer
-steps (contiguous, so whole prompt groups stay together), each accumulated
+steps (strided: row s is in minibatch s % mini, so each device's rows feed
+every micro-batch with no resharding), each accumulated
 exactly over `num_microbatches` micro-batches: the loss numerators' gradients
 and the denominators are summed, then divided once (losses.py). A minibatch
 whose loss or gradient is not finite is skipped (params and optimizer state
@@ -133,11 +134,20 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     return (keep(new_params, params), keep(new_opt, opt_state)), metrics
 
   def update(params, opt_state, batch: RolloutBatch):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return _update(params, opt_state, batch)
+
+  def _update(params, opt_state, batch: RolloutBatch):
     s = batch.adv_S.shape[0]
     per = s // (num_minibatches * num_microbatches)
 
     def split(x):
-      x = x.reshape((num_minibatches, num_microbatches, per) + x.shape[1:])
+      # Row s goes to minibatch s % mini (whatever the micro-batch count):
+      # with the rows laid out in contiguous blocks per device, every
+      # micro-batch takes its share from every device without moving a row
+      # (a contiguous split would replicate the batch to reshard it).
+      x = x.reshape((per, num_microbatches, num_minibatches) + x.shape[1:])
+      x = jnp.swapaxes(x, 0, 2)
       spec = P(None, None, sharding.BATCH, *([None] * (x.ndim - 3)))
       return jax.lax.with_sharding_constraint(
           x, jax.sharding.NamedSharding(mesh, spec))

@@ -194,8 +194,9 @@ def test_attention_paths_and_remat_give_equal_losses_and_gradients():
   tokens, mask, _ = _padded_batch(50, seed=3)
   weights = jnp.asarray(np.random.RandomState(4).randn(3, 5), jnp.float32)
 
-  def loss_and_grad(attention, remat):
-    cfg = preset("tiny", vocab_size=50, attention=attention, remat=remat)
+  def loss_and_grad(attention, remat, chunk=0):
+    cfg = preset("tiny", vocab_size=50, attention=attention, remat=remat,
+                 attention_chunk=chunk)
     graphdef, params = nnx.split(init_model(cfg, seed=2), nnx.Param)
 
     def loss(p):
@@ -208,9 +209,8 @@ def test_attention_paths_and_remat_give_equal_losses_and_gradients():
         [np.asarray(x).ravel() for x in jax.tree.leaves(g)])
 
   ref_val, ref_g = loss_and_grad("einsum", "none")
-  for attention, remat in [("xla", "none"), ("einsum", "full"),
-                           ("xla", "full"), ("xla", "dots")]:
-    val, g = loss_and_grad(attention, remat)
-    assert val == pytest.approx(ref_val, abs=1e-5), (attention, remat)
-    np.testing.assert_allclose(g, ref_g, atol=1e-5, err_msg=str(
-        (attention, remat)))
+  for case in [("xla", "none"), ("einsum", "full"), ("xla", "full"),
+               ("xla", "dots"), ("einsum", "none", 3), ("xla", "full", 4)]:
+    val, g = loss_and_grad(*case)
+    assert val == pytest.approx(ref_val, abs=1e-5), case
+    np.testing.assert_allclose(g, ref_g, atol=1e-5, err_msg=str(case))

@@ -81,11 +81,11 @@ def test_microbatch_accumulation_equals_full_batch():
 
 def test_nan_minibatch_is_skipped_and_counted():
   p_nan, m_nan, before = _run((1, 1, 1), mini=2, nan=True)
-  assert int(m_nan["skipped"]) == 1  # Row 5 sits in the first minibatch.
+  assert int(m_nan["skipped"]) == 1  # Row 5 sits in minibatch 5 % 2 = 1.
   p_ok, m_ok, _ = _run((1, 1, 1), mini=2)
   assert int(m_ok["skipped"]) == 0
   assert np.isfinite(_flat(p_nan)).all()
-  assert not np.allclose(_flat(p_nan), _flat(before))  # 2nd minibatch ran.
+  assert not np.allclose(_flat(p_nan), _flat(before))  # 1st minibatch ran.
   assert not np.allclose(_flat(p_nan), _flat(p_ok))
 
 

@@ -56,7 +56,10 @@ class ModelConfig:
   # Attention of the no-cache forward: "einsum" (our grouped einsums), "xla"
   # (jax.nn.dot_product_attention, XLA) or "cudnn" (its cuDNN flash kernel,
   # GPU only, bf16/fp16). Decoding always uses the einsum path.
-  attention: str = "xla"
+  attention: str = "einsum"
+  # Queries per attention block in the no-cache forward (0 = all at once):
+  # bounds the [B, N, block, T] scores (each block under jax.checkpoint).
+  attention_chunk: int = 0
   bos_token_id: int | None = None
   eos_token_id: int | None = None
   pad_token_id: int | None = None

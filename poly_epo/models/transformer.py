@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo.models.config import ModelConfig
+from poly_epo.sharding import constrain_rows
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
 
@@ -144,6 +145,23 @@ def attend_dpa(q_BTNH, k_BTKH, v_BTKH, mask_BTS, implementation: str):
   return out.astype(q_BTNH.dtype)
 
 
+def attend_in_chunks(fn, q_BTNH, mask_BTS, chunk: int):
+  """`fn(q, mask)` over blocks of `chunk` queries, each under
+  `jax.checkpoint`, so attention scores are [B, N, chunk, S] at a time in
+  the forward and the backward pass (0: all queries at once)."""
+  b, t, n, h = q_BTNH.shape
+  if not chunk or chunk >= t:
+    return fn(q_BTNH, mask_BTS)
+  blocks = -(-t // chunk)
+  pad = blocks * chunk - t
+  q = jnp.pad(q_BTNH, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  m = jnp.pad(mask_BTS, ((0, 0), (0, pad), (0, 0)))
+  q = jnp.moveaxis(q.reshape(b, blocks, chunk, n, h), 1, 0)
+  m = jnp.moveaxis(m.reshape(b, blocks, chunk, -1), 1, 0)
+  out = jax.lax.map(jax.checkpoint(lambda qm: fn(*qm)), (q, m))
+  return jnp.moveaxis(out, 0, 1).reshape(b, blocks * chunk, n, h)[:, :t]
+
+
 class Attention(nnx.Module):
   """GQA self-attention with one fused q/k/v projection.
 
@@ -185,8 +203,13 @@ class Attention(nnx.Module):
       q, k = self.q_norm(q), self.k_norm(k)
     q = apply_rope(q, cos_BTH, sin_BTH)
     k = apply_rope(k, cos_BTH, sin_BTH)
-    if kv is None and cfg.attention != "einsum":
-      out = attend_dpa(q, k, v, mask_BTS, cfg.attention)
+    if kv is None:  # Training / scoring forward: nothing to cache.
+      if cfg.attention == "einsum":
+        kt, vt = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
+        fn = lambda q_, m_: attend(q_, kt.astype(dt), vt.astype(dt), m_)
+      else:
+        fn = lambda q_, m_: attend_dpa(q_, k, v, m_, cfg.attention)
+      out = attend_in_chunks(fn, q, mask_BTS, cfg.attention_chunk)
       kv_out = None
     else:
       k = jnp.transpose(k, (0, 2, 3, 1))  # [B, K, H, T]
@@ -314,17 +337,18 @@ class Transformer(nnx.Module):
       mask_BTS = new_mask[:, None, :] & (slot_S[None, None, :]
                                          <= query_slot_T[None, :, None])
 
-    x = jnp.take(self.embed[...], tokens_BT, axis=0).astype(dt)
+    x = constrain_rows(jnp.take(self.embed[...], tokens_BT, axis=0)
+                       .astype(dt))
     new_k, new_v = [], []
     if cache is None:
-      fwd = _layer_forward if cfg.remat == "none" else nnx.remat(
-          _layer_forward, policy=_REMAT_POLICIES[cfg.remat])
       for layer in self.layers:
-        x = fwd(layer, x, cos, sin, mask_BTS)
+        x = constrain_rows(_layer_forward(layer, x, cos, sin, mask_BTS,
+                                          cfg.remat))
     else:
       for i, layer in enumerate(self.layers):
         x, (k, v) = layer(x, cos, sin, mask_BTS, (cache.k[i], cache.v[i]),
                           cache_index)
+        x = constrain_rows(x)
         new_k.append(k)
         new_v.append(v)
     if last_only:
@@ -347,8 +371,18 @@ class Transformer(nnx.Module):
                       self.head().astype(x_BTD.dtype)).astype(jnp.float32)
 
 
-def _layer_forward(layer: Block, x_BTD, cos, sin, mask_BTS):
-  return layer(x_BTD, cos, sin, mask_BTS)[0]
+def _layer_forward(layer: Block, x_BTD, cos, sin, mask_BTS, remat: str):
+  """One layer of the no-cache forward, under `jax.checkpoint` unless
+  remat == "none" (functional split/merge, so it composes with any outer
+  jit / scan / map)."""
+  if remat == "none":
+    return layer(x_BTD, cos, sin, mask_BTS)[0]
+  graphdef, state = nnx.split(layer)
+
+  def fwd(state, x, cos, sin, mask):
+    return nnx.merge(graphdef, state)(x, cos, sin, mask)[0]
+  return jax.checkpoint(fwd, policy=_REMAT_POLICIES[remat])(
+      state, x_BTD, cos, sin, mask_BTS)
 
 
 _REMAT_POLICIES = {
