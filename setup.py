@@ -29,5 +29,7 @@ setup(
         # torch only serves the logit-parity tests against transformers'
         # PyTorch models; pinned exactly so pip takes the CPU build.
         "test": ["pytest", "torch==2.13.0", "pyarrow"],
+        # The maths task's data files (Parquet) and answer checking.
+        "math": ["math-verify", "pyarrow"],
     },
 )

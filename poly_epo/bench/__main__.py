@@ -5,12 +5,14 @@ import sys
 
 def main(argv=None):
   argv = list(sys.argv[1:] if argv is None else argv)
-  names = ("sampler", "advantages")
+  names = ("sampler", "advantages", "train")
   if not argv or argv[0] not in names:
     print(f"usage: python -m poly_epo.bench {{{','.join(names)}}} [flags]")
     return 2
   if argv[0] == "sampler":
     from poly_epo.bench import sampler as mod
+  elif argv[0] == "train":
+    from poly_epo.bench import train as mod
   else:
     from poly_epo.bench import advantages as mod
   return mod.main(argv[1:])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from poly_epo import sampling
+from poly_epo.bench.device import card, card_figures, peak_memory_bytes
 from poly_epo.models import init_model, preset
 
 
@@ -89,12 +90,16 @@ def run_torch(args, model):
   from poly_epo.models import save_hf
   torch.set_num_threads(max(1, torch.get_num_threads()))
   b, k, p, l = args.batch, args.samples, args.prompt_len, args.new_tokens
+  gpu = jax.devices()[0].platform == "gpu" and torch.cuda.is_available()
+  device = "cuda" if gpu else "cpu"
+  dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
   with tempfile.TemporaryDirectory() as d:
     save_hf(model, d)
-    tm = transformers.AutoModelForCausalLM.from_pretrained(d).float().eval()
+    tm = transformers.AutoModelForCausalLM.from_pretrained(d).to(
+        device=device, dtype=dtype).eval()
   rng = np.random.RandomState(0)
   prompts = torch.tensor(rng.randint(0, model.cfg.vocab_size, (b, p)))
-  prompts = prompts.repeat_interleave(k, 0)
+  prompts = prompts.repeat_interleave(k, 0).to(device)
 
   def gen():
     with torch.no_grad():
@@ -102,9 +107,23 @@ def run_torch(args, model):
                   do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                   max_new_tokens=l, min_new_tokens=l, eos_token_id=None,
                   pad_token_id=0, use_cache=True)
+    if gpu:
+      torch.cuda.synchronize()
   gen()
   t = _time(gen, args.repeats)
   return dict(e2e_tok_s=b * k * l / t, wall_s=t)
+
+
+def decode_roofline_s(cfg, rows: int, prompt_len: int, new_tokens: int,
+                      hbm_bytes_s: float) -> float:
+  """Seconds per decode step if it only read, at the card's bandwidth, the
+  weights (compute dtype) and the KV cache of the valid positions (mean over
+  the steps: P + L/2)."""
+  item = np.dtype(jnp.dtype(cfg.dtype)).itemsize
+  weights = cfg.num_params * item
+  kv = (rows * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim *
+        (prompt_len + new_tokens / 2) * item)
+  return (weights + kv) / hbm_bytes_s
 
 
 def main(argv=None):
@@ -118,6 +137,17 @@ def main(argv=None):
         f"({res['wall_s'] * 1e3:.1f} ms) | prefill {res['prefill_tok_s']:.0f}"
         f" prompt tok/s | decode {res['decode_tok_s']:.0f} tok/s | compile "
         f"{res['compile_s']:.2f} s")
+  bw = card_figures().get("hbm_bytes_s")
+  if bw:
+    step = args.batch * args.samples / res["decode_tok_s"]
+    roof = decode_roofline_s(model.cfg, args.batch * args.samples,
+                             args.prompt_len, args.new_tokens, bw)
+    print(f"decode step {step * 1e3:.2f} ms vs memory roofline "
+          f"{roof * 1e3:.2f} ms at {bw / 1e12:.1f} TB/s ({card()}): "
+          f"{step / roof:.2f}x the roofline")
+  mem = peak_memory_bytes()
+  if mem is not None:
+    print(f"peak device memory: {mem / 2**30:.2f} GiB")
   if args.torch:
     tres = run_torch(args, model)
     print(f"transformers generate: {tres['e2e_tok_s']:10.0f} tok/s end-to-end"
