@@ -73,3 +73,17 @@ def test_load_policy_restores_in_the_requested_dtype_and_mesh(tmp_path):
   np.testing.assert_allclose(
       np.asarray(qkv, np.float32),
       np.asarray(model.layers[0].attn.qkv_proj[...]), atol=1e-2)
+
+
+def test_a_hugging_face_folder_is_a_base_policy(tmp_path):
+  path, model, tok = _policy(tmp_path)
+  out = export.export_hf(model, tok, str(tmp_path / "hf"))
+  got, got_tok, _ = checkpointing.load_any(out, param_dtype="float32",
+                                           dtype="bfloat16")
+  assert got.cfg.dtype == "bfloat16" and got.cfg.param_dtype == "float32"
+  assert len(got_tok) == len(tok)
+  for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
+                  jax.tree.leaves(nnx.state(got, nnx.Param))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(FileNotFoundError, match="neither a policy folder"):
+    checkpointing.load_any(str(tmp_path))

@@ -63,6 +63,8 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
   assert any("eval/pass@4" in l for l in lines)
   assert os.listdir(tmp_path / "run" / "tb")
   assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["2", "4"]
+  assert summary["policy_hf"] and os.path.exists(
+      os.path.join(summary["policy_hf"], "model.safetensors"))
   assert summary["trained"]["pass@1"] >= 0
   assert "pass@4" in trainer.format_table(summary)
   # The same workdir with a different config is refused...
@@ -135,6 +137,13 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
     ({"loss.aggregation": "sum"}, "loss.aggregation"),
     ({"judge.kind": "oracle"}, "judge.kind"),
     ({"ckpt_every": 0}, "ckpt_every"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"model.dtype": "int8"}, "model.dtype"),
+    ({"model.remat": "some"}, "model.remat"),
+    ({"model.attention": "flash"}, "model.attention"),
+    ({"rollout.chunk_prompts": -1}, "rollout.chunk_prompts"),
+    ({"recompute_old_logprobs": "yes"}, "recompute_old_logprobs"),
+    ({"export_dtype": "int4"}, "export_dtype"),
 ])
 def test_impossible_configs_fail_fast(overrides, field):
   cfg = _config(**overrides)
