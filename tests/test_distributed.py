@@ -1,0 +1,64 @@
+"""poly_epo.distributed on one process: the workdir lock (a live holder is
+refused, a dead one's lock is taken over), and the single-host behaviour of
+the multi-host helpers (their 2-process behaviour: tests/test_multihost.py)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from poly_epo import distributed, sharding
+from test_multihost import _cmd, _env, base  # noqa: F401  (fixture)
+from test_trainer import ROOT
+
+
+def test_single_process_helpers():
+  x = np.arange(6).reshape(3, 2)
+  np.testing.assert_array_equal(distributed.allgather(x), x)
+  assert distributed.is_main()
+  distributed.barrier("noop")
+  mesh = sharding.make_mesh(2, 2, 2)
+  assert distributed.process_block(mesh, 16) == (0, 16)
+  np.testing.assert_array_equal(
+      distributed.host_value(sharding.global_batch(mesh, np.arange(8))),
+      np.arange(8))
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c",
+                             "import time; time.sleep(60)"])
+  try:
+    (tmp_path / ".lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": holder.pid}))
+    with pytest.raises(RuntimeError, match="in use by another run"):
+      distributed.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with distributed.WorkdirLock(str(tmp_path)) as lock:
+    assert lock.held
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(RuntimeError, match="in use"):
+      distributed.WorkdirLock(str(tmp_path)).acquire()  # Our own live run.
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_train_refuses_a_locked_workdir(base, tmp_path):  # noqa: F811
+  work = tmp_path / "locked"
+  work.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c",
+                             "import time; time.sleep(60)"])
+  try:
+    (work / ".lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": holder.pid}))
+    res = subprocess.run(_cmd(str(work), base), env=_env(1), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "in use by another run" in res.stderr
+  finally:
+    holder.kill()
+    holder.wait()
