@@ -1,9 +1,16 @@
-"""Held-out evaluation of a policy on a task: sample m per prompt, score, and
-report pass@k, distinct correct strategies and the share of prompts solved."""
+"""Held-out evaluation (DESIGN 3.6): sample m per prompt, score, and report
+the whole pass@k curve, majority@k and vote share, distinct strategies,
+branching; `python -m poly_epo.evaluate` does it for saved policies and
+writes eval.json and overlay plots."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+
 import jax
+from absl import app, logging
 import numpy as np
 from flax import nnx
 
@@ -57,14 +64,29 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
       compute_dtype=compute_dtype, progress=progress)
   texts = decode_completions(tokenizer, out.tokens, out.mask)[:n_mine]
   rewards, labels = score(task, mine, texts)
+  ks = vote_ks(num_samples)
+  answers = [[task.answer(p, r) for r in row] for p, row in zip(mine, texts)]
+  votes = np.array([[metrics.majority_vote([a], [r >= 0.5], k) for k in ks]
+                    for a, r in zip(answers, rewards)], np.float64)
+  branch = np.array([metrics.branching(out.tokens[i], out.mask[i])
+                     for i in range(n_mine)], np.float64)
+  per_prompt = {"rewards": rewards, "labels": labels,
+                "votes": votes.reshape(n_mine, len(ks), 2),
+                "branching": branch.reshape(n_mine, max_new_tokens)}
   if procs > 1:
     pad = block - n_mine
-    rewards = distributed.allgather(np.pad(rewards, ((0, pad), (0, 0))))
-    labels = distributed.allgather(np.pad(labels, ((0, pad), (0, 0))))
     keep = np.concatenate([np.arange(p * block, p * block + min(
         block, max(len(prompts) - p * block, 0))) for p in range(procs)])
-    rewards, labels = rewards[keep], labels[keep]
-  return {"texts": texts, "rewards": rewards, "labels": labels}
+    per_prompt = {k: distributed.allgather(np.pad(
+        v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)))[keep]
+        for k, v in per_prompt.items()}
+  return {"texts": texts, "answers": answers, "tokens": out.tokens[:n_mine],
+          "mask": out.mask[:n_mine], **per_prompt}
+
+
+def vote_ks(m: int) -> list[int]:
+  """k = 1, 2, 4, ..., m for majority voting."""
+  return sorted({min(2**i, m) for i in range(m.bit_length())} | {m})
 
 
 def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
@@ -72,8 +94,16 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
              progress: bool = False, mesh=None,
              compute_dtype: str | None = None,
              batch_prompts: int = 64) -> dict:
-  """pass@k for k = 1, 2, 4, ..., m; mean distinct correct answers per prompt;
-  share of prompts with any correct sample."""
+  """Every evaluation number of DESIGN 3.6 over `prompts`, m samples each.
+
+  Returns pass@k for every k = 1..m ("pass@k", and "pass@1", "pass@m"),
+  "num_correct" per prompt, majority@k accuracy and winning vote share for
+  k = 1, 2, 4, ..., m (answers grouped by the task's canonical answer, ties
+  to the first seen), distinct strategy labels among correct and among all
+  responses, the share of prompts with any correct response, branching
+  (distinct token prefixes per position, mean over prompts) and the mean
+  first fork position; "samples" holds this process's completions.
+  """
   res = sample_and_score(model, tokenizer, task, prompts,
                          num_samples=num_samples,
                          max_new_tokens=max_new_tokens,
@@ -81,15 +111,136 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
                          progress=progress, mesh=mesh,
                          compute_dtype=compute_dtype,
                          batch_prompts=batch_prompts)
+  return summarize(res, num_samples)
+
+
+def summarize(res: dict, m: int) -> dict:
+  """The metrics of `evaluate` from `sample_and_score`'s output."""
   correct = res["rewards"] >= 0.5
-  curve = metrics.pass_at_k_curve(correct)
+  curve = metrics.pass_at_k_curve(correct, ks=range(1, m + 1))
+  ks = vote_ks(m)
+  votes = res["votes"].mean(0)  # [k, (accuracy, share)]
+  branch = res["branching"]
+  forks = [metrics.first_fork(row) for row in branch]
+  all_labels = np.where(res["labels"] >= 0, res["labels"], -1)
   return {
       "pass@k": curve,
       "pass@1": curve[1],
-      f"pass@{num_samples}": curve[num_samples],
+      f"pass@{m}": curve[m],
+      "num_correct": [int(c) for c in correct.sum(1)],
+      "majority@k": {k: float(v) for k, v in zip(ks, votes[:, 0])},
+      "vote_share@k": {k: float(v) for k, v in zip(ks, votes[:, 1])},
       "distinct_correct": float(metrics.distinct_correct(res["labels"],
                                                          correct).mean()),
+      "distinct_all": float(metrics.distinct_correct(
+          all_labels, np.ones_like(correct)).mean()),
       "any_correct": float(correct.any(1).mean()),
       "reward_mean": float(res["rewards"].mean()),
+      "branching": [float(x) for x in branch.mean(0)],
+      "first_fork": float(np.mean(forks)) if forks else 0.0,
       "samples": res,
   }
+
+
+# ---- `python -m poly_epo.evaluate --config configs/<exp>.py --policy <dir>
+#      [--policy <dir> ...] [--samples 256] [--out <dir>]` ----
+
+def policy_name(path: str) -> str:
+  """"base", or the run's name for <workdir>/policy, else the folder name."""
+  path = os.path.normpath(path)
+  if os.path.basename(path) in ("policy", "base", "policy_hf"):
+    return f"{os.path.basename(os.path.dirname(path))}/" \
+        f"{os.path.basename(path)}"
+  return os.path.basename(path)
+
+
+def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
+                      progress: bool = True) -> dict:
+  """Evaluate each policy on the task's held-out prompts; write eval.json
+  and the overlay PNGs under `out`; return the eval.json content."""
+  from poly_epo import checkpointing, plots, tasks, trainer
+  task = tasks.get(cfg.task.name, **dict(cfg.task.options))
+  heldout = task.heldout_prompts(cfg.seed, prompts)
+  reports, sources = {}, {}
+  for spec in policies:
+    path = (cfg.base_policy or os.path.join(cfg.workdir, "base")) \
+        if spec == "base" else spec
+    if not os.path.isdir(path):
+      raise FileNotFoundError(f"--policy {spec}: no folder {path!r}")
+    model, tok, meta = checkpointing.load_any(path)
+    name = "base" if spec == "base" else policy_name(path)
+    ev = evaluate(model, tok, task, heldout, num_samples=samples,
+                  max_new_tokens=cfg.max_new_tokens,
+                  temperature=cfg.temperature, seed=cfg.seed,
+                  progress=progress)
+    ev.pop("samples")
+    reports[name] = ev
+    sources[name] = {"path": os.path.abspath(path),
+                     "steps": meta.get("steps")}
+  result = {"config": trainer._flat_config(cfg), "task": cfg.task.name,
+            "prompts": len(heldout), "samples": samples,
+            "policies": {n: {**sources[n], **reports[n]} for n in reports}}
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "eval.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(path + ".tmp", path)
+  plots.plot_eval(json.loads(json.dumps(reports)), out)
+  return result
+
+
+def format_report(result: dict) -> str:
+  m = result["samples"]
+  ks = [k for k in (1, 16, m) if k <= m]
+  ks = sorted(set(ks))
+  head = f"{'policy':<24}" + "".join(f"{f'pass@{k}':>10}" for k in ks) + \
+      f"{f'maj@{m}':>9}{f'share@{m}':>10}{'distinct':>9}{'fork':>7}"
+  lines = [head]
+  for name, ev in result["policies"].items():
+    get = lambda d, k: d.get(k, d.get(str(k)))
+    lines.append(
+        f"{name:<24}" + "".join(f"{get(ev['pass@k'], k):>10.3f}" for k in ks)
+        + f"{get(ev['majority@k'], m):>9.3f}"
+        f"{get(ev['vote_share@k'], m):>10.3f}"
+        f"{ev['distinct_correct']:>9.2f}{ev['first_fork']:>7.1f}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  from absl import flags
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  cfg = f.config
+  if cfg is None:
+    raise app.UsageError("--config=configs/<exp>.py is required")
+  if not f.policy:
+    raise app.UsageError("at least one --policy <dir> (or --policy base)")
+  from poly_epo import tasks
+  embedded = tasks.get(cfg.task.name, **dict(cfg.task.options)).embedded
+  samples = f.samples or (256 if embedded else cfg.eval_samples)
+  out = f.out or os.path.join(cfg.workdir, "eval")
+  try:
+    result = evaluate_policies(cfg, f.policy, samples=samples,
+                               prompts=f.prompts or cfg.eval_prompts, out=out)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(format_report(result))
+  print(f"wrote {out}/eval.json and {out}/*.png")
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                  lock_config=True)
+  flags.DEFINE_multi_string("policy", [], "policy folder (or 'base'); "
+                            "repeat to overlay several")
+  flags.DEFINE_integer("samples", 0, "samples per prompt m (default 256 for "
+                       "embedded tasks, else config.eval_samples)")
+  flags.DEFINE_integer("prompts", 0, "held-out prompts (default "
+                       "config.eval_prompts)")
+  flags.DEFINE_string("out", "", "output folder (default <workdir>/eval)")
+  sys.exit(app.run(main))

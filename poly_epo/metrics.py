@@ -46,21 +46,39 @@ def distinct_correct(labels_PM, correct_PM) -> np.ndarray:
                    for row_l, row_c in zip(labels, correct)])
 
 
-def majority_at_k(answers: Sequence[Sequence], correct_answers: Sequence,
-                  k: int) -> tuple[float, float]:
-  """(accuracy, mean winning vote share) of majority voting over the first k
-  answers per prompt (None answers abstain; ties go to the first seen)."""
+def majority_vote(answers_PM: Sequence[Sequence], correct_PM, k: int
+                  ) -> tuple[float, float]:
+  """(accuracy, mean winning vote share) of a majority vote over each
+  prompt's first k answers, for tasks with several correct answers.
+
+  answers_PM: per prompt, m answers in the task's canonical form (equal
+  strings = the same answer; None abstains). correct_PM: per prompt, m
+  bools (rows may differ in length, as the answers' may). The
+  winner is the answer with most votes, ties going to the one seen first;
+  the vote is correct when a response giving the winner was correct; the
+  share is the winner's votes / k (abstentions count against it). A prompt
+  with no vote scores 0 and share 0.
+  """
   accs, shares = [], []
-  for row, truth in zip(answers, correct_answers):
+  for row, ok in zip(answers_PM, correct_PM):
+    ok = np.asarray(ok, bool)
     votes = collections.Counter(a for a in row[:k] if a is not None)
     if not votes:
       accs.append(0.0)
       shares.append(0.0)
       continue
-    winner, n = votes.most_common(1)[0]
-    accs.append(float(winner == truth))
+    winner, n = votes.most_common(1)[0]  # Ties: first inserted wins.
+    accs.append(float(any(a == winner and c for a, c in zip(row[:k],
+                                                              ok[:k]))))
     shares.append(n / k)
   return float(np.mean(accs)), float(np.mean(shares))
+
+
+def first_fork(branching_L) -> int:
+  """The first position where a prompt's samples stop sharing one prefix,
+  from its `branching` counts (L when they never fork)."""
+  forked = np.nonzero(np.asarray(branching_L) > 1)[0]
+  return int(forked[0]) if forked.size else len(branching_L)
 
 
 def branching(tokens_ML, mask_ML) -> np.ndarray:

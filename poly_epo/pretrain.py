@@ -142,7 +142,9 @@ def main(argv):
         f"pass@1 {s['heldout_pass@1']:.3f}  pass@{m} {s[f'heldout_pass@{m}']:.3f}"
         f"  distinct correct answers {s['heldout_distinct_correct']:.2f}")
   print("pass@k: " + json.dumps({k: round(v, 3)
-                                  for k, v in s["heldout_pass@k"].items()}))
+                                  for k, v in s["heldout_pass@k"].items()
+                                  if int(k) & (int(k) - 1) == 0 or
+                                  int(k) == m}))
   print(f"saved {s['path']}")
 
 

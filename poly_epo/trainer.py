@@ -281,9 +281,19 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
 
 
 def _eval_summary(ev: dict, m: int) -> dict:
-  return {"pass@1": ev["pass@1"], f"pass@{m}": ev[f"pass@{m}"],
-          "distinct_correct": ev["distinct_correct"],
-          "any_correct": ev["any_correct"]}
+  """An evaluation as a metrics row: scalars (TensorBoard too) for pass@k,
+  majority@k and vote share at k = 1, 2, 4, ..., m, and the whole pass@k
+  curve, branching profile and correct counts as lists (JSONL only)."""
+  row = {f"pass@{k}": ev["pass@k"][k] for k in evaluate.vote_ks(m)}
+  row.update({f"majority@{k}": v for k, v in ev["majority@k"].items()})
+  row.update({f"vote_share@{k}": v for k, v in ev["vote_share@k"].items()})
+  for key in ("distinct_correct", "distinct_all", "any_correct",
+              "reward_mean", "first_fork"):
+    row[key] = ev[key]
+  row["pass@k_curve"] = [ev["pass@k"][k] for k in range(1, m + 1)]
+  row["branching"] = ev["branching"]
+  row["num_correct"] = ev["num_correct"]
+  return row
 
 
 def run_eval(run: Run, params, heldout) -> dict:

@@ -35,10 +35,47 @@ def test_curve_distinct_majority_branching():
   labels = np.array([[0, 1, 1, 2], [0, 0, 0, 0], [3, 3, -1, 4]])
   np.testing.assert_array_equal(metrics.distinct_correct(labels, correct),
                                 [1, 0, 2])
-  acc, share = metrics.majority_at_k([["5", "5", "3", None], ["1", "2"]],
-                                     ["5", "2"], 4)
-  assert acc == pytest.approx(0.5) and share == pytest.approx((2 / 4 + 1 / 4)
-                                                              / 2)
   tokens = np.array([[1, 2, 3], [1, 2, 4], [1, 5, 6]])
   np.testing.assert_array_equal(metrics.branching(tokens, np.ones_like(
       tokens, bool)), [1, 2, 3])
+
+
+def test_pass_at_k_curve_every_k_equals_subset_enumeration():
+  rs = np.random.RandomState(0)
+  correct = rs.rand(4, 6) < 0.4
+  curve = metrics.pass_at_k_curve(correct, ks=range(1, 7))
+  for k in range(1, 7):
+    want = np.mean([np.mean([any(row[list(s)]) for s in
+                             itertools.combinations(range(6), k)])
+                    for row in correct])
+    assert curve[k] == pytest.approx(want, abs=1e-12)
+
+
+def test_majority_vote_ties_abstentions_and_several_correct_answers():
+  answers = [
+      ["2", "3", "3", "2", None, "2"],  # k=4: 2-2 tie, "2" seen first.
+      [None, None, "7", "7"],           # Abstentions count against share.
+      ["1", "-1", "-1", "5"],           # Two correct answers; "-1" wins.
+      [None, None],                     # No vote at all.
+  ]
+  correct = [[1, 0, 0, 1, 0, 1], [0, 0, 0, 0], [1, 1, 1, 0], [0, 0]]
+  correct = [np.array(c, bool) for c in correct]
+  acc, share = metrics.majority_vote(answers, correct, 4)
+  # Winners: "2" (correct), "7" (wrong), "-1" (correct), none.
+  assert acc == pytest.approx((1 + 0 + 1 + 0) / 4)
+  assert share == pytest.approx((2 / 4 + 2 / 4 + 2 / 4 + 0) / 4)
+  acc1, share1 = metrics.majority_vote(answers, correct, 1)
+  assert acc1 == pytest.approx((1 + 0 + 1 + 0) / 4)
+  assert share1 == pytest.approx((1 + 0 + 1 + 0) / 4)
+
+
+def test_branching_and_first_fork_on_hand_built_samples():
+  tokens = np.array([[4, 4, 5, 6], [4, 4, 5, 7], [4, 4, 9, 9]])
+  mask = np.ones_like(tokens, bool)
+  b = metrics.branching(tokens, mask)
+  np.testing.assert_array_equal(b, [1, 1, 2, 3])
+  assert metrics.first_fork(b) == 2
+  same = np.tile(tokens[:1], (3, 1))
+  assert metrics.first_fork(metrics.branching(same, mask)) == 4  # Never.
+  mask[2, 2:] = False  # A sample that ended early stops counting.
+  np.testing.assert_array_equal(metrics.branching(tokens, mask), [1, 1, 1, 2])

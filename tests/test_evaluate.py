@@ -1,0 +1,69 @@
+"""poly_epo.evaluate end to end: two tiny policies -> eval.json (every pass@k,
+correct counts that reproduce the curve) and the overlay PNGs; the plot
+command over two runs."""
+
+import json
+import os
+
+import pytest
+
+from poly_epo import evaluate, metrics, plot, pretrain
+from test_trainer import _config
+
+
+@pytest.fixture(scope="module")
+def two_policies(tmp_path_factory):
+  out = []
+  for seed in (0, 1):
+    d = tmp_path_factory.mktemp(f"pol{seed}")
+    cfg = _config(workdir=str(d), seed=seed,
+                  **{"pretrain.steps": 30, "pretrain.batch_size": 64,
+                     "pretrain.eval_prompts": 2, "pretrain.eval_samples": 2})
+    out.append(pretrain.pretrain(cfg, progress=False)["path"])
+  return out
+
+
+def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):
+  cfg = _config(workdir=str(tmp_path / "w"), base_policy=two_policies[0])
+  res = evaluate.evaluate_policies(
+      cfg, ["base", two_policies[1]], samples=8, prompts=5,
+      out=str(tmp_path / "ev"), progress=False)
+  data = json.load(open(tmp_path / "ev" / "eval.json"))
+  assert data["samples"] == 8 and data["prompts"] == 5
+  assert list(data["policies"]) == list(res["policies"]) == [
+      "base", evaluate.policy_name(two_policies[1])]
+  for ev in data["policies"].values():
+    assert sorted(int(k) for k in ev["pass@k"]) == list(range(1, 9))
+    assert len(ev["num_correct"]) == 5
+    # The curve is recomputable from the counts.
+    for k in (1, 3, 8):
+      want = sum(metrics.pass_at_k(8, c, k) for c in ev["num_correct"]) / 5
+      assert ev["pass@k"][str(k)] == pytest.approx(want)
+    assert sorted(int(k) for k in ev["majority@k"]) == [1, 2, 4, 8]
+    assert all(0 <= v <= 1 for v in ev["vote_share@k"].values())
+    assert len(ev["branching"]) == cfg.max_new_tokens
+    assert 0 <= ev["first_fork"] <= cfg.max_new_tokens
+    assert ev["distinct_all"] >= ev["distinct_correct"]
+  for name in ("passk.png", "majority.png", "distinct.png", "branching.png"):
+    assert os.path.getsize(tmp_path / "ev" / name) > 1000
+  assert "pass@8" in evaluate.format_report(data)
+  with pytest.raises(FileNotFoundError, match="--policy"):
+    evaluate.evaluate_policies(cfg, [str(tmp_path / "nope")], samples=2,
+                               prompts=1, out=str(tmp_path / "ev2"))
+
+
+def test_plot_overlays_runs(tmp_path):
+  for name, base in (("a", 0.2), ("b", 0.4)):
+    d = tmp_path / name
+    d.mkdir()
+    with open(d / "metrics.jsonl", "w") as f:
+      for step in range(4):
+        f.write(json.dumps({"step": step, "train/reward_mean": base + step,
+                            "train/pass@1": 0.1, "train/entropy": 1.0}) + "\n")
+      f.write(json.dumps({"step": 4, "eval/pass@1": 0.3,
+                          "eval/pass@32": 0.8}) + "\n")
+  out = tmp_path / "c.png"
+  assert plot.main([str(tmp_path / "a"), str(tmp_path / "b"), "--out",
+                    str(out)]) == 0
+  assert os.path.getsize(out) > 1000
+  assert plot.main([str(tmp_path / "missing")]) == 2
