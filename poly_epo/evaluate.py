@@ -157,7 +157,8 @@ def policy_name(path: str) -> str:
 def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
                       progress: bool = True) -> dict:
   """Evaluate each policy on the task's held-out prompts; write eval.json
-  and the overlay PNGs under `out`; return the eval.json content."""
+  and the overlay PNGs under `out`; return the eval.json content (JSON
+  types: string keys for k)."""
   from poly_epo import checkpointing, plots, tasks, trainer
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
   heldout = task.heldout_prompts(cfg.seed, prompts)
@@ -185,7 +186,8 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=1)
   os.replace(path + ".tmp", path)
-  plots.plot_eval(json.loads(json.dumps(reports)), out)
+  result = json.loads(json.dumps(result))  # As eval.json reads back.
+  plots.plot_eval(result["policies"], out)
   return result
 
 
@@ -197,7 +199,7 @@ def format_report(result: dict) -> str:
       f"{f'maj@{m}':>9}{f'share@{m}':>10}{'distinct':>9}{'fork':>7}"
   lines = [head]
   for name, ev in result["policies"].items():
-    get = lambda d, k: d.get(k, d.get(str(k)))
+    get = lambda d, k: d[str(k)]
     lines.append(
         f"{name:<24}" + "".join(f"{get(ev['pass@k'], k):>10.3f}" for k in ks)
         + f"{get(ev['majority@k'], m):>9.3f}"

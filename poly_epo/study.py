@@ -1,0 +1,208 @@
+"""`python -m poly_epo.study --task polynomial|multiplication --seeds 3
+[--algorithms polyepo,drgrpo,grpo] [--samples 256] [--out <dir>]`
+(or `--config configs/<exp>.py [--config.field=value ...]` instead of --task)
+
+The multi-seed comparison of DESIGN 3.6, in one command. Per seed: pretrain
+the base policy once (seed s), train every algorithm from it (seed s), then
+evaluate base and trained policies with m samples per held-out prompt
+(`poly_epo.evaluate`). Writes `<out>/study.json` (every per-seed number and
+mean / std over seeds), `<out>/study.md` (the table) and overlay plots
+(`<out>/plots/`: mean pass@k, majority, distinct, branching; training
+curves of seed 0). Resumable: a killed study started again skips what is
+done and resumes a half-trained run from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE_KS = (1, 16, 256)
+
+
+def load_config(path: str):
+  spec = importlib.util.spec_from_file_location("study_cfg", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+def _done(path: str) -> bool:
+  return os.path.exists(path)
+
+
+def run_seed(cfg, seed: int, algorithms, out: str, samples: int,
+             log=print) -> dict:
+  """Pretrain, train each algorithm, evaluate; returns the seed's eval.json."""
+  from poly_epo import evaluate, pretrain, trainer
+  d = os.path.join(out, f"seed{seed}")
+  base_cfg = cfg.copy_and_resolve_references()
+  base_cfg.seed, base_cfg.workdir = seed, d
+  base = os.path.join(d, "base")
+  if not _done(base):
+    t0 = time.perf_counter()
+    pretrain.pretrain(base_cfg, progress=base_cfg.progress)
+    log(f"seed {seed}: pretrained base in {time.perf_counter() - t0:.0f} s")
+  policies = ["base"]
+  for alg in algorithms:
+    run = cfg.copy_and_resolve_references()
+    run.seed, run.algorithm = seed, alg
+    run.workdir, run.base_policy = os.path.join(d, alg), base
+    if not _done(os.path.join(run.workdir, "summary.json")):
+      t0 = time.perf_counter()
+      trainer.train(run)
+      log(f"seed {seed}: trained {alg} in {time.perf_counter() - t0:.0f} s")
+    policies.append(os.path.join(run.workdir, "policy"))
+  ev_path = os.path.join(d, "eval", "eval.json")
+  if _done(ev_path):
+    with open(ev_path) as f:
+      ev = json.load(f)
+    if ev.get("samples") == samples and len(ev["policies"]) == len(policies):
+      return ev
+  t0 = time.perf_counter()
+  ev = evaluate.evaluate_policies(base_cfg, policies, samples=samples,
+                                  prompts=cfg.eval_prompts,
+                                  out=os.path.join(d, "eval"),
+                                  progress=base_cfg.progress)
+  log(f"seed {seed}: evaluated {len(policies)} policies in "
+      f"{time.perf_counter() - t0:.0f} s")
+  return ev
+
+
+def _short(name: str) -> str:
+  """"seed0/polyepo/policy"-style names -> the algorithm."""
+  return name.split("/")[0] if "/" in name else name
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+  """{policy: {metric: {"mean", "std", "per_seed"}}} over seeds."""
+  out: dict = {}
+  for ev in per_seed:
+    m = ev["samples"]
+    for name, rep in ev["policies"].items():
+      row = out.setdefault(_short(name), {})
+      vals = {f"pass@{k}": rep["pass@k"][str(k)] for k in TABLE_KS if k <= m}
+      vals.update({f"majority@{k}": v for k, v in rep["majority@k"].items()})
+      vals.update({f"vote_share@{k}": v
+                   for k, v in rep["vote_share@k"].items()})
+      for key in ("distinct_correct", "distinct_all", "any_correct",
+                  "first_fork"):
+        vals[key] = rep[key]
+      for key, v in vals.items():
+        row.setdefault(key, []).append(float(v))
+  return {name: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)),
+                     "per_seed": v} for k, v in row.items()}
+          for name, row in out.items()}
+
+
+def mean_reports(per_seed: list[dict]) -> dict:
+  """Seed-averaged evaluation dicts (for the overlay plots)."""
+  out: dict = {}
+  for ev in per_seed:
+    for name, rep in ev["policies"].items():
+      out.setdefault(_short(name), []).append(rep)
+  avg = lambda ds: {k: float(np.mean([d[k] for d in ds])) for k in ds[0]}
+  return {name: {"pass@k": avg([r["pass@k"] for r in reps]),
+                 "majority@k": avg([r["majority@k"] for r in reps]),
+                 "vote_share@k": avg([r["vote_share@k"] for r in reps]),
+                 "distinct_correct": float(np.mean(
+                     [r["distinct_correct"] for r in reps])),
+                 "distinct_all": float(np.mean([r["distinct_all"]
+                                                for r in reps])),
+                 "branching": list(np.mean([r["branching"] for r in reps], 0)),
+                 "first_fork": float(np.mean([r["first_fork"]
+                                              for r in reps]))}
+          for name, reps in out.items()}
+
+
+def markdown(agg: dict, samples: int, task: str, seeds: int) -> str:
+  ks = [k for k in TABLE_KS if k <= samples]
+  cols = [f"pass@{k}" for k in ks] + [
+      "distinct_correct", f"majority@{samples}", f"vote_share@{samples}",
+      "first_fork"]
+  head = ["policy"] + [c.replace("_", " ") for c in cols]
+  lines = [f"{task}: held-out, {samples} samples per prompt, mean +- std "
+           f"over {seeds} seed(s)", "",
+           "| " + " | ".join(head) + " |",
+           "|" + "---|" * len(head)]
+  for name, row in agg.items():
+    cells = [f"{row[c]['mean']:.3f} +- {row[c]['std']:.3f}" if c in row
+             else "-" for c in cols]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run_study(cfg, *, seeds: int, algorithms, out: str, samples: int,
+              log=print) -> dict:
+  from poly_epo import plots
+  os.makedirs(out, exist_ok=True)
+  t0 = time.perf_counter()
+  per_seed = [run_seed(cfg, s, algorithms, out, samples, log)
+              for s in range(seeds)]
+  agg = aggregate(per_seed)
+  result = {"task": cfg.task.name, "seeds": seeds, "samples": samples,
+            "algorithms": list(algorithms), "aggregate": agg,
+            "per_seed": per_seed,
+            "wall_seconds_this_call": time.perf_counter() - t0}
+  tmp = os.path.join(out, "study.json.tmp")
+  with open(tmp, "w") as f:
+    json.dump(result, f, indent=1)
+  os.replace(tmp, os.path.join(out, "study.json"))
+  with open(os.path.join(out, "study.md"), "w") as f:
+    f.write(markdown(agg, samples, cfg.task.name, seeds))
+  plot_dir = os.path.join(out, "plots")
+  plots.plot_eval(mean_reports(per_seed), plot_dir)
+  plots.plot_runs([os.path.join(out, "seed0", a) for a in algorithms],
+                  os.path.join(plot_dir, "curves.png"))
+  return result
+
+
+def main(argv):
+  del argv
+  from absl import flags, logging
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  cfg = f.config
+  if cfg is None:
+    if not f.task:
+      print("error: give --task polynomial|multiplication or --config",
+            file=sys.stderr)
+      return 2
+    path = os.path.join(ROOT, "configs", f"{f.task}.py")
+    if not os.path.exists(path):
+      print(f"error: --task {f.task!r}: no {path}", file=sys.stderr)
+      return 2
+    cfg = load_config(path)
+  algorithms = [a for a in f.algorithms.split(",") if a]
+  from poly_epo import set_rl
+  unknown = [a for a in algorithms if a not in set_rl.algorithm_names()]
+  if unknown or f.seeds < 1:
+    print(f"error: --algorithms: unknown {unknown}" if unknown else
+          "error: --seeds must be >= 1", file=sys.stderr)
+    return 2
+  out = f.out or os.path.join("runs", f"study_{cfg.task.name}")
+  res = run_study(cfg, seeds=f.seeds, algorithms=algorithms, out=out,
+                  samples=f.samples)
+  print(markdown(res["aggregate"], f.samples, cfg.task.name, f.seeds))
+  print(f"wrote {out}/study.json, {out}/study.md, {out}/plots/")
+  return 0
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+  flags.DEFINE_string("task", "", "polynomial | multiplication (uses "
+                      "configs/<task>.py)")
+  flags.DEFINE_integer("seeds", 3, "seeds 0..seeds-1")
+  flags.DEFINE_string("algorithms", "polyepo,drgrpo,grpo,grpo_div,passk",
+                      "comma-separated algorithms")
+  flags.DEFINE_integer("samples", 256, "samples per held-out prompt")
+  flags.DEFINE_string("out", "", "output folder (default runs/study_<task>)")
+  sys.exit(app.run(main))

@@ -1,0 +1,57 @@
+"""poly_epo.study on a tiny budget: 2 algorithms, 1 seed, a few steps; killed
+mid-way and started again, it finishes without redoing what was done."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from test_trainer import ROOT
+
+
+def _cmd(out):
+  return [sys.executable, "-m", "poly_epo.study",
+          f"--config={os.path.join(ROOT, 'configs', 'polynomial.py')}",
+          "--seeds=1", "--algorithms=polyepo,drgrpo", "--samples=8",
+          f"--out={out}", "--config.pretrain.steps=30",
+          "--config.pretrain.batch_size=64", "--config.pretrain.eval_prompts=2",
+          "--config.pretrain.eval_samples=2", "--config.steps=6",
+          "--config.prompts_per_step=8", "--config.ckpt_every=2",
+          "--config.eval_every=0", "--config.eval_prompts=4",
+          "--config.eval_samples=4", "--config.progress=False"]
+
+
+def test_study_writes_outputs_and_resumes_after_a_kill(tmp_path):
+  out = str(tmp_path / "study")
+  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen(_cmd(out), env=env, cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(out, "seed0", "polyepo", "checkpoints", "2")
+  deadline = time.time() + 300
+  while not os.path.isdir(ckpt) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.isdir(ckpt), "the study never reached its first checkpoint"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not os.path.exists(os.path.join(out, "study.json"))
+  base_mtime = os.path.getmtime(os.path.join(out, "seed0", "base",
+                                             "meta.json"))
+  res = subprocess.run(_cmd(out), env=env, cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert os.path.getmtime(os.path.join(out, "seed0", "base",
+                                       "meta.json")) == base_mtime
+  data = json.load(open(os.path.join(out, "study.json")))
+  assert set(data["aggregate"]) == {"base", "polyepo", "drgrpo"}
+  row = data["aggregate"]["polyepo"]["pass@1"]
+  assert len(row["per_seed"]) == 1 and row["std"] == 0.0
+  assert "| polyepo |" in open(os.path.join(out, "study.md")).read()
+  for name in ("passk.png", "majority.png", "distinct.png", "branching.png",
+               "curves.png"):
+    assert os.path.getsize(os.path.join(out, "plots", name)) > 1000
+  # The resumed run's metrics cover every step once.
+  steps = [json.loads(l)["step"] for l in open(os.path.join(
+      out, "seed0", "polyepo", "metrics.jsonl")) if "train/loss" in l]
+  assert steps == list(range(6))
