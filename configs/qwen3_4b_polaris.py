@@ -17,6 +17,8 @@ onto the mesh. Check memory first, without weights or accelerators:
 Field meanings: poly_epo/config_defaults.py.
 """
 
+import ml_collections
+
 from poly_epo.config_defaults import base_config
 
 
@@ -52,6 +54,10 @@ def get_config():
   c.lr = 1e-6  # Constant.
   c.weight_decay = 0.01
   c.grad_clip = 0.3
+  c.loss.eps_low, c.loss.eps_high = 0.2, 0.28  # Poly-EPO's clip...
+  c.loss_overrides.drgrpo = ml_collections.ConfigDict({"eps_high": 0.2})
+  c.loss_overrides.grpo = ml_collections.ConfigDict({"eps_high": 0.2})
+  # ...and the authors' symmetric 0.2 / 0.2 for their Dr.GRPO baseline.
   c.steps = 850
   c.judge.kind = "http"
   c.judge.url = "http://localhost:8000/v1"

@@ -51,6 +51,12 @@ def check_config(cfg) -> None:
   need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")
   need(cfg.loss.aggregation in losses.AGGREGATIONS, "loss.aggregation",
        f"one of {losses.AGGREGATIONS}")
+  for alg, fields in cfg.get("loss_overrides", {}).items():
+    need(alg in set_rl.algorithm_names(), f"loss_overrides.{alg}",
+         f"unknown algorithm; known: {', '.join(set_rl.algorithm_names())}")
+    for field in fields:
+      need(field in cfg.loss, f"loss_overrides.{alg}.{field}",
+           f"not a loss field; loss fields: {', '.join(cfg.loss)}")
   need(cfg.steps >= 1 and cfg.prompts_per_step >= 1, "steps",
        "steps and prompts_per_step must be >= 1")
   seqs = cfg.prompts_per_step * cfg.num_samples

@@ -87,6 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.dual_clip = 3.0  # Dual clip for negative advantages (0 = off).
   c.loss.aggregation = "seq-mean-token-sum-norm"  # See poly_epo/losses.py.
   c.loss.entropy_coef = 0.0  # Entropy bonus weight (off).
+  c.loss_overrides = ml_collections.ConfigDict()  # Per-algorithm loss fields,
+  # e.g. loss_overrides.drgrpo = {"eps_high": 0.2} (the authors' Dr.GRPO
+  # baseline clips symmetrically, Poly-EPO at 0.2 / 0.28).
 
   c.judge = ml_collections.ConfigDict()
   c.judge.kind = "task"  # task (programmatic labels) | http | inprocess.

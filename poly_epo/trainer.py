@@ -117,6 +117,16 @@ def base_policy(cfg, mesh=None, progress: bool = True):
   return model, tok
 
 
+def loss_options(cfg) -> dict:
+  """`config.loss`, with `config.loss_overrides.<algorithm>` applied."""
+  loss = dict(cfg.loss)
+  loss.update(dict(cfg.get("loss_overrides", {}).get(cfg.algorithm, {})))
+  return dict(eps_low=loss["eps_low"], eps_high=loss["eps_high"],
+              dual_clip=loss["dual_clip"] or None,
+              aggregation=loss["aggregation"], max_len=cfg.max_new_tokens,
+              kl_coef=0.0, entropy_coef=loss["entropy_coef"])
+
+
 def _recompute(cfg) -> bool:
   if cfg.recompute_old_logprobs == "auto":
     return cfg.model.dtype != "float32"
@@ -161,11 +171,7 @@ def setup(cfg, progress: bool):
       num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
       recompute_old_logprobs=_recompute(cfg),
       logprob_chunk=cfg.model.logprob_chunk,
-      loss_options=dict(eps_low=cfg.loss.eps_low, eps_high=cfg.loss.eps_high,
-                        dual_clip=cfg.loss.dual_clip or None,
-                        aggregation=cfg.loss.aggregation,
-                        max_len=cfg.max_new_tokens, kl_coef=0.0,
-                        entropy_coef=cfg.loss.entropy_coef))
+      loss_options=loss_options(cfg))
   procs, me = jax.process_count(), jax.process_index()
   per = cfg.prompts_per_step // procs
   block = (me * per, (me + 1) * per)

@@ -166,3 +166,16 @@ def test_repeated_nan_updates_stop_the_run(base, tmp_path, monkeypatch):
     trainer.train(cfg)
   lines = [json.loads(l) for l in open(tmp_path / "nan" / "metrics.jsonl")]
   assert [l["train/skipped"] for l in lines] == [1, 1]
+
+
+def test_loss_overrides_apply_per_algorithm():
+  import ml_collections
+  cfg = _config(algorithm="drgrpo")
+  cfg.loss_overrides.drgrpo = ml_collections.ConfigDict({"eps_high": 0.2})
+  config_checks.check_config(cfg)
+  assert trainer.loss_options(cfg)["eps_high"] == 0.2
+  cfg.algorithm = "polyepo"
+  assert trainer.loss_options(cfg)["eps_high"] == 0.28
+  cfg.loss_overrides.drgrpo = ml_collections.ConfigDict({"eps_hi": 0.2})
+  with pytest.raises(ValueError, match=r"config\.loss_overrides\.drgrpo"):
+    config_checks.check_config(cfg)
