@@ -90,6 +90,12 @@ def check_config(cfg) -> None:
   need(cfg.max_nan_steps >= 1, "max_nan_steps", "must be >= 1")
   need(cfg.judge.kind in ("task", "http", "inprocess"), "judge.kind",
        "'task' (programmatic labels), 'http' or 'inprocess'")
+  need(cfg.judge.max_reply_tokens >= 1 and cfg.judge.max_response_tokens >= 1,
+       "judge.max_response_tokens",
+       "max_response_tokens and max_reply_tokens must be >= 1")
+  need(0 <= cfg.judge.max_failed_fraction <= 1 and
+       cfg.judge.failure_window >= 1, "judge.max_failed_fraction",
+       "max_failed_fraction must be in [0, 1] and failure_window >= 1")
   if cfg.judge.kind == "http":
     need(bool(cfg.judge.url), "judge.url", "the HTTP judge needs a base URL")
   if cfg.judge.kind == "inprocess":

@@ -98,6 +98,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.judge.path = ""  # Local HF model folder (inprocess).
   c.judge.timeout = 60.0  # Seconds per judge request (http).
   c.judge.max_concurrency = 8  # Parallel judge requests (http).
+  c.judge.max_reply_tokens = 1024  # Judge reply budget (summaries + labels;
+  # raise it for thinking judges).
+  c.judge.max_response_tokens = 4096  # Each response shown whole up to this;
+  # longer ones keep their head and tail around a cut marker.
+  c.judge.max_failed_fraction = 0.5  # Stop the run when more than this share
+  # of judge calls failed over the last `failure_window` steps...
+  c.judge.failure_window = 5  # ...(a resumable stop: fix the judge, rerun).
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = 0  # Data-parallel devices (0 = all not used below).

@@ -34,7 +34,8 @@ from poly_epo.tokenizer import decode_completions, encode_prompts
 # the processes of one run).
 RESUMABLE_FIELDS = ("steps", "eval_every", "ckpt_every", "keep_checkpoints",
                     "progress", "coordinator_address", "num_processes",
-                    "process_id", "distributed", "export_hf")
+                    "process_id", "distributed", "export_hf", "judge.url",
+                    "judge.timeout", "judge.max_concurrency")
 
 
 def _flat_config(cfg) -> dict:
@@ -80,16 +81,52 @@ def check_workdir(cfg) -> None:
 
 
 def make_judge(cfg):
-  if cfg.judge.kind == "http":
+  """The configured LM judge, checked at start-up (endpoint answers, or the
+  in-process model's context holds N responses), or None (task labels)."""
+  j = cfg.judge
+  if j.kind == "http":
     cache = os.path.join(cfg.workdir, "judge_cache.jsonl") \
         if distributed.is_main() else None
-    return judges.HttpJudge(cfg.judge.url, cfg.judge.model,
-                            timeout=cfg.judge.timeout,
-                            max_concurrency=cfg.judge.max_concurrency,
-                            cache_path=cache)
-  if cfg.judge.kind == "inprocess":
-    return judges.InProcessJudge(cfg.judge.path)
+    judge = judges.HttpJudge(j.url, j.model, timeout=j.timeout,
+                             max_concurrency=j.max_concurrency,
+                             max_tokens=j.max_reply_tokens,
+                             max_response_tokens=j.max_response_tokens,
+                             cache_path=cache)
+    judge.health_check()
+    return judge
+  if j.kind == "inprocess":
+    judge = judges.InProcessJudge(j.path, max_new_tokens=j.max_reply_tokens,
+                                  max_response_tokens=j.max_response_tokens)
+    judge.check_budget(cfg.num_samples)
+    return judge
   return None
+
+
+class JudgeWatch:
+  """Per-step judge outcome fractions, and the stop rule: more than
+  `max_failed_fraction` of the calls failed over the last `window` steps."""
+
+  def __init__(self, max_failed_fraction: float, window: int):
+    self.limit, self.window = max_failed_fraction, window
+    self.recent: list[float] = []
+
+  def step(self, statuses_counts: np.ndarray, step: int) -> dict:
+    """statuses_counts: [ok, failed, wrong_count] summed over processes."""
+    total = max(float(statuses_counts.sum()), 1.0)
+    row = {"judge/failed_fraction": statuses_counts[1] / total,
+           "judge/wrong_count_fraction": statuses_counts[2] / total}
+    self.recent = (self.recent + [row["judge/failed_fraction"]])[
+        -self.window:]
+    if len(self.recent) == self.window and \
+        float(np.mean(self.recent)) > self.limit:
+      raise RuntimeError(
+          f"the strategy judge failed on {np.mean(self.recent):.0%} of its "
+          f"calls over the last {self.window} steps (step {step}; "
+          f"config.judge.max_failed_fraction={self.limit}): stopping rather "
+          "than silently training on mean reward. Fix the judge (endpoint "
+          "up? model name? replies parse?) and start the same command again: "
+          "the run resumes from its last checkpoint.")
+    return row
 
 
 def model_overrides(cfg) -> dict:
@@ -213,15 +250,19 @@ def rollout_step(run: Run, params, tokens, mask, step: int):
 
 
 def score_step(run: Run, prompts, out):
-  """(rewards [B_local, N], labels [B_local, N], valid [B_local])."""
+  """(rewards [B_local, N], labels [B_local, N], valid [B_local], judge
+  outcome counts [ok, failed, wrong_count] of this step)."""
   texts = decode_completions(run.tok, out.tokens, out.mask)
   rewards, labels = evaluate.score(run.task, prompts, texts)
   valid = np.ones(len(prompts), bool)
+  statuses = np.zeros(3)
   if run.judge is not None:
     results = run.judge.cluster_many(prompts, texts)
     labels = np.array([r.labels for r in results], np.int32)
     valid = np.array([r.valid for r in results])
-  return rewards, labels, valid
+    statuses = np.array([sum(r.status == s for r in results)
+                         for s in ("ok", "failed", "wrong_count")], float)
+  return rewards, labels, valid, statuses
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):
@@ -346,6 +387,7 @@ def _train(cfg) -> dict:
       _write_json(base_eval, base_eval_path)
 
   nan_run = 0
+  watch = JudgeWatch(cfg.judge.max_failed_fraction, cfg.judge.failure_window)
   bar = tqdm.trange(start, cfg.steps, desc=f"{cfg.algorithm}", initial=start,
                     total=cfg.steps, disable=not progress)
   for step in bar:
@@ -353,13 +395,16 @@ def _train(cfg) -> dict:
     prompts, tokens, mask = step_prompts(run, step)
     out = rollout_step(run, params, tokens, mask, step)
     t_sample = time.perf_counter() - t0
-    rewards, labels, valid = score_step(run, prompts, out)
+    rewards, labels, valid, statuses = score_step(run, prompts, out)
     adv = advantages_step(run, rewards, labels, valid, step)
     t1 = time.perf_counter()
     params, opt_state, upd = update_step(run, params, opt_state, tokens, mask,
                                          out, adv)
     row = log_row(run, rewards, labels, adv, out, upd, t_sample,
                   time.perf_counter() - t1)
+    if run.judge is not None:
+      row.update(watch.step(distributed.allgather(statuses[None]).sum(0),
+                            step))
     log.write(step, row)
     nan_run = nan_run + 1 if upd["skipped"] else 0
     if nan_run >= cfg.max_nan_steps:

@@ -26,6 +26,33 @@ def test_parse_labels():
     judges.parse_labels('{"labels": [null, "A"]}', 2)
   prompt = judges.build_prompt("2+2?", ["4", "four"])
   assert "Attempt 2:\nfour" in prompt and "DEGENERATE" in prompt
+  assert "summary" in prompt
+
+
+def test_parse_attempts_with_summaries_and_thinking():
+  reply = ('<think>attempt 2 redoes 1</think> {"attempts": ['
+           '{"summary": "factor", "strategy": "A"}, '
+           '{"summary": "factor again", "strategy": "A"}, '
+           '{"summary": "formula", "strategy": "B"}, '
+           '{"summary": "loops", "strategy": "degenerate"}]}')
+  assert judges.parse_labels(reply, 4) == [0, 0, 1, DEGENERATE]
+  with pytest.raises(judges.JudgeCountError):
+    judges.parse_labels('{"attempts": [{"strategy": "A"}]}', 2)
+  with pytest.raises(judges.JudgeFormatError):
+    judges.parse_labels('{"attempts": [{"summary": "x"}, {"strategy": "A"}]}',
+                        2)
+
+
+def test_long_responses_keep_head_and_tail():
+  from poly_epo.judges.rubric import head_and_tail
+  text = "start " + "x" * 10_000 + " loop loop loop"
+  cut = head_and_tail(text, 200)
+  assert cut.startswith("start ") and cut.endswith("loop loop loop")
+  assert "characters cut from the middle" in cut and len(cut) < 300
+  assert head_and_tail("short", 200) == "short"
+  j = judges.Judge(max_response_tokens=50)
+  assert j.prepare(text).endswith("loop loop loop")
+  assert len(j.prepare(text)) < 300
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -36,8 +63,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
     _Handler.requests.append(body)
     mode = _Handler.script.pop(0) if _Handler.script else "good"
-    n = int(re.search(r"There are (\d+) attempts",
-                      body["messages"][0]["content"]).group(1))
+    if mode == "no_json" and "response_format" in body:
+      self.send_response(400)  # An endpoint without JSON mode.
+      self.end_headers()
+      self.wfile.write(b'{"error": "response_format not supported"}')
+      return
+    found = re.search(r"There are (\d+) attempts",
+                      body["messages"][0]["content"])
+    n = int(found.group(1)) if found else 0  # 0: the health check.
+    mode = "good" if mode == "no_json" else mode
     if mode == "slow":
       time.sleep(1.0)
       mode = "good"
@@ -121,6 +155,32 @@ def test_http_500_is_retried(server):
   assert res.status == "ok" and j.counts["retry"] == 2
 
 
+def test_http_json_mode_falls_back_and_health_check(server):
+  _Handler.script[:] = ["no_json"]
+  j = _judge(server)
+  assert j.json_mode
+  res = j.cluster("q5", ["a", "b"])
+  assert res.status == "ok" and not j.json_mode
+  assert "response_format" not in _Handler.requests[-1]
+  _Handler.script[:] = []
+  _judge(server).health_check()  # Answers: no error.
+  down = judges.HttpJudge("http://127.0.0.1:9/v1", "m", timeout=0.2,
+                          backoff=0.01)
+  with pytest.raises(RuntimeError, match=r"config\.judge\.url"):
+    down.health_check()
+
+
+def test_judge_watch_stops_a_run_whose_judge_keeps_failing():
+  import numpy as np
+  from poly_epo.trainer import JudgeWatch
+  w = JudgeWatch(0.5, window=3)
+  row = w.step(np.array([3.0, 1.0, 0.0]), 0)
+  assert row["judge/failed_fraction"] == 0.25
+  w.step(np.array([0.0, 4.0, 0.0]), 1)
+  with pytest.raises(RuntimeError, match="max_failed_fraction"):
+    w.step(np.array([0.0, 3.0, 1.0]), 2)  # Mean 0.25, 1, 0.75 > 0.5.
+
+
 def test_http_concurrency(server):
   _Handler.script[:] = []
   j = _judge(server, max_concurrency=4)
@@ -135,7 +195,12 @@ def test_in_process_judge_plumbing(tmp_path):
   model = init_model(preset("tiny", vocab_size=len(tok), model_type="qwen3"))
   save_hf(model, str(tmp_path), tokenizer=tok)
   j = judges.InProcessJudge(str(tmp_path), max_new_tokens=8,
-                            max_prompt_tokens=4096)
+                            max_response_tokens=64)
+  j.check_budget(3)  # 4096 positions hold 3 x 64 tokens and the rubric.
+  with pytest.raises(ValueError, match=r"config\.judge\.max_response_tokens"):
+    j.check_budget(80)
+  long = "a" * 500 + "z" * 500
+  assert j.prepare(long).startswith("a") and j.prepare(long).endswith("z")
   reply = j.complete("hello")
   assert isinstance(reply, str)
   res = j.cluster("2+2?", ["4", "four", "5"])
@@ -143,3 +208,31 @@ def test_in_process_judge_plumbing(tmp_path):
   assert res.status in ("failed", "wrong_count", "ok")
   assert len(res.labels) == 3
   assert sum(j.counts.values()) == 1
+
+
+def test_training_stops_loudly_when_the_judge_goes_down(server, tmp_path):
+  import json as json_
+  from poly_epo import pretrain, trainer
+  from test_trainer import _config
+  base = pretrain.pretrain(_config(
+      workdir=str(tmp_path / "b"), **{"pretrain.steps": 20,
+                                      "pretrain.batch_size": 32,
+                                      "pretrain.eval_prompts": 2,
+                                      "pretrain.eval_samples": 2}),
+      progress=False)["path"]
+  cfg = _config(workdir=str(tmp_path / "run"), base_policy=base, steps=6,
+                prompts_per_step=4, eval_prompts=0, ckpt_every=1,
+                **{"judge.kind": "http", "judge.url": server,
+                   "judge.model": "judge-4b", "judge.timeout": 0.5,
+                   "judge.failure_window": 2})
+  # Health check and step 0 answered; then every request fails (HTTP 500).
+  _Handler.script[:] = ["good"] * 5 + ["500"] * 400
+  with pytest.raises(RuntimeError, match="judge failed on 100% .* resumes"):
+    trainer.train(cfg)
+  rows = [json_.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert rows[0]["train/judge/failed_fraction"] == 0.0
+  assert rows[1]["train/judge/failed_fraction"] == 1.0
+  _Handler.script[:] = []
+  cfg.judge.url = "http://127.0.0.1:9/v1"  # Nothing listens there.
+  with pytest.raises(RuntimeError, match=r"config\.judge\.url"):
+    trainer.train(cfg)

@@ -6,7 +6,9 @@ rules of DESIGN 3.4:
 - the reply has the wrong number of labels -> the prompt is marked invalid
   (its advantages are 0), status "wrong_count".
 
-Each case is counted in `judge.counts` for logging.
+Each case is counted in `judge.counts` for logging; `cluster_many` returns
+the statuses so the trainer can log per-step fractions and stop a run whose
+judge keeps failing (config.judge.max_failed_fraction).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import concurrent.futures
 from typing import NamedTuple, Sequence
 
 from poly_epo.judges.rubric import (JudgeCountError, JudgeFormatError,
-                                    build_prompt, parse_labels)
+                                    build_prompt, head_and_tail, parse_labels)
 
 
 class JudgeResult(NamedTuple):
@@ -25,21 +27,36 @@ class JudgeResult(NamedTuple):
   status: str  # "ok" | "failed" | "wrong_count"
 
 
+# Characters per token assumed when a judge has no tokenizer at hand (HTTP):
+# maths text with LaTeX runs at about 3.5-4.
+CHARS_PER_TOKEN = 4
+
+
 class Judge:
-  """Subclasses implement `complete(prompt_text) -> reply text` (may raise)."""
+  """Subclasses implement `complete(prompt_text) -> reply text` (may raise).
+
+  Each response is shown whole up to `max_response_tokens`; a longer one is
+  cut in the middle, keeping its head and its tail (`prepare`).
+  """
 
   max_concurrency = 1
 
-  def __init__(self):
+  def __init__(self, max_response_tokens: int = 4096):
     self.counts: collections.Counter = collections.Counter()
+    self.max_response_tokens = max_response_tokens
 
   def complete(self, prompt_text: str) -> str:
     raise NotImplementedError
 
+  def prepare(self, response: str) -> str:
+    """The response as the judge sees it (cut to the budget)."""
+    return head_and_tail(response, self.max_response_tokens * CHARS_PER_TOKEN)
+
   def cluster(self, problem: str, responses: Sequence[str]) -> JudgeResult:
     n = len(responses)
     try:
-      reply = self.complete(build_prompt(problem, responses))
+      reply = self.complete(build_prompt(
+          problem, [self.prepare(r) for r in responses]))
       labels = parse_labels(reply, n)
     except JudgeCountError:
       self.counts["wrong_count"] += 1

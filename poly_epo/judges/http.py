@@ -1,9 +1,11 @@
 """LM judge behind an OpenAI-compatible HTTP endpoint (`/chat/completions`).
 
 Timeout per request, retries with exponential backoff on connection errors,
-timeouts, 429 and 5xx, a concurrency limit, and a cache keyed by the exact
-request body (in memory, plus a JSONL file when `cache_path` is given), so a
-resumed run never pays for the same judgement twice. Standard library only.
+timeouts, 429 and 5xx, a concurrency limit, JSON mode (`response_format`)
+when the endpoint supports it, a start-up health check, and a cache keyed by
+the exact request (in memory, plus a JSONL file when `cache_path` is given),
+so a resumed run never pays for the same judgement twice. Standard library
+only.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ class HttpJudge(Judge):
   def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
                timeout: float = 60.0, max_retries: int = 3,
                backoff: float = 1.0, max_concurrency: int = 8,
-               max_tokens: int = 512, cache_path: str | None = None):
-    super().__init__()
-    self.url = base_url.rstrip("/") + "/chat/completions"
+               max_tokens: int = 1024, cache_path: str | None = None,
+               max_response_tokens: int = 4096, json_mode: bool = True):
+    super().__init__(max_response_tokens)
+    self.base_url = base_url.rstrip("/")
+    self.url = self.base_url + "/chat/completions"
+    # Ask for `response_format: json_object`; dropped for good the first
+    # time the endpoint rejects it (HTTP 400).
+    self.json_mode = json_mode
     self.model = model
     self.api_key = api_key or os.environ.get("OPENAI_API_KEY")
     self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
@@ -44,15 +51,32 @@ class HttpJudge(Judge):
           except (json.JSONDecodeError, KeyError):
             continue  # A torn last line from a killed run.
 
-  def _body(self, prompt_text: str) -> bytes:
-    return json.dumps({"model": self.model, "temperature": 0.0,
-                       "max_tokens": self.max_tokens,
-                       "messages": [{"role": "user", "content": prompt_text}]},
-                      sort_keys=True).encode()
+  def _body(self, prompt_text: str, max_tokens: int | None = None,
+            json_mode: bool | None = None) -> bytes:
+    body = {"model": self.model, "temperature": 0.0,
+            "max_tokens": max_tokens or self.max_tokens,
+            "messages": [{"role": "user", "content": prompt_text}]}
+    if self.json_mode if json_mode is None else json_mode:
+      body["response_format"] = {"type": "json_object"}
+    return json.dumps(body, sort_keys=True).encode()
+
+  def health_check(self) -> None:
+    """One tiny request at start-up; a clear error naming the config field
+    when the endpoint is not there."""
+    try:
+      self._post(self._body('Reply with {"ok": true}.', max_tokens=8),
+                 retries=1)
+    except Exception as e:  # noqa: BLE001 - reported with the field named.
+      raise RuntimeError(
+          f"config.judge.url={self.base_url!r}: the judge endpoint does not "
+          f"answer ({e}); start it (an OpenAI-compatible server such as "
+          "vLLM) or fix the URL / config.judge.model") from None
 
   def complete(self, prompt_text: str) -> str:
     body = self._body(prompt_text)
-    key = hashlib.sha256(self.url.encode() + b"\0" + body).hexdigest()
+    # The key ignores JSON mode: the same question, the same judgement.
+    key = hashlib.sha256(self.url.encode() + b"\0" + self._body(
+        prompt_text, json_mode=False)).hexdigest()
     with self._lock:
       if key in self._cache:
         self.counts["cache_hit"] += 1
@@ -65,12 +89,13 @@ class HttpJudge(Judge):
           f.write(json.dumps({"key": key, "reply": reply}) + "\n")
     return reply
 
-  def _post(self, body: bytes) -> str:
+  def _post(self, body: bytes, retries: int | None = None) -> str:
     headers = {"Content-Type": "application/json"}
     if self.api_key:
       headers["Authorization"] = f"Bearer {self.api_key}"
     last = None
-    for attempt in range(self.max_retries + 1):
+    retries = self.max_retries if retries is None else retries
+    for attempt in range(retries + 1):
       if attempt:
         self.counts["retry"] += 1
         time.sleep(self.backoff * 2**(attempt - 1))
@@ -81,6 +106,13 @@ class HttpJudge(Judge):
         return data["choices"][0]["message"]["content"]
       except urllib.error.HTTPError as e:
         last = e
+        if e.code == 400 and b'"response_format"' in body:
+          self.json_mode = False  # Not supported here: plain text replies.
+          self.counts["json_mode_off"] += 1
+          body = json.dumps({k: v for k, v in json.loads(body).items()
+                             if k != "response_format"},
+                            sort_keys=True).encode()
+          return self._post(body, retries)
         if e.code != 429 and e.code < 500:
           break  # A client error will not fix itself.
       except (urllib.error.URLError, TimeoutError, OSError) as e:
@@ -89,4 +121,4 @@ class HttpJudge(Judge):
         raise ValueError(f"judge endpoint {self.url}: unexpected response "
                          f"({e!r})") from None
     raise RuntimeError(f"judge endpoint {self.url} failed after "
-                       f"{self.max_retries + 1} tries: {last!r}")
+                       f"{retries + 1} tries: {last!r}")
