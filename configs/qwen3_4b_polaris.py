@@ -30,6 +30,7 @@ def get_config():
   c.task.options.heldout_path = ""  # E.g. AIME / MATH-500 (else a split).
   c.task.options.problem_field = "problem"
   c.task.options.answer_field = "answer"
+  c.task.options.chat_template = "auto"  # One user turn, as the authors do.
   c.base_policy = "/ckpt/qwen3-4b-base-policy"
   c.model.preset = "qwen3-4b"  # Shapes for poly_epo.plan without weights.
   c.model.param_dtype = "float32"  # f32 master weights and AdamW state...

@@ -50,10 +50,11 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
   mine = list(prompts[me * block:(me + 1) * block])
   n_mine = len(mine)
   share = mine + [mine[0] if mine else prompts[0]] * (block - n_mine)
-  tokens, mask = encode_prompts(tokenizer, share, pad_to_multiple=8)
+  chat = getattr(task, "chat_template", "none") == "auto"
+  tokens, mask = encode_prompts(tokenizer, share, pad_to_multiple=8, chat=chat)
   if procs > 1:  # Every process needs the same prompt width.
     width = int(distributed.allgather(np.array([tokens.shape[1]])).max())
-    tokens, mask = encode_prompts(tokenizer, share, width=width)
+    tokens, mask = encode_prompts(tokenizer, share, width=width, chat=chat)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   out = rollout.rollout(
       graphdef, params, rest, tokens, mask,

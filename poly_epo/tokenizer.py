@@ -61,18 +61,33 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
   return tok
 
 
+def chat_format(tokenizer, text: str) -> str:
+  """`text` as one user turn of the tokenizer's chat template, ending with
+  the assistant's generation prompt (the authors' policy prompt); the text
+  itself when the tokenizer has no template."""
+  if not getattr(tokenizer, "chat_template", None):
+    return text
+  return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                       tokenize=False,
+                                       add_generation_prompt=True)
+
+
 def encode_prompts(tokenizer, prompts: Sequence[str], *,
                    max_length: int | None = None, add_bos: bool = False,
-                   pad_to_multiple: int = 1, width: int | None = None):
+                   pad_to_multiple: int = 1, width: int | None = None,
+                   chat: bool = False):
   """Left-pad a batch of prompts.
 
   Returns (tokens int32 [B, P], mask bool [B, P]). P is the longest prompt,
   rounded up to `pad_to_multiple` (fewer distinct shapes -> fewer compiles),
   or exactly `width` when given (which also bounds the prompt length).
   A prompt longer than `max_length` raises an error naming its index.
+  With `chat`, each prompt is first formatted by `chat_format`.
   """
   ids = []
   for i, p in enumerate(prompts):
+    if chat:
+      p = chat_format(tokenizer, p)
     row = tokenizer.encode(p, add_special_tokens=False)
     if add_bos and tokenizer.bos_token_id is not None:
       row = [tokenizer.bos_token_id] + row

@@ -3,11 +3,14 @@
 Pretrains the embedded task's base policy when missing, runs RL (Poly-EPO by
 default; `--config.algorithm=grpo` etc. for the baselines), evaluates base and
 trained policy on held-out prompts and prints a before/after table. A run
-resumes from its workdir's latest checkpoint.
+resumes from its workdir's latest checkpoint. Config, data, checkpoint and
+judge errors print one line naming the field or file and exit 1
+(POLY_EPO_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -30,7 +33,16 @@ def main(argv):
                            cfg.process_id)
   from poly_epo import distributed, trainer
   t0 = time.perf_counter()
-  summary = trainer.train(cfg)
+  try:
+    summary = trainer.train(cfg)
+  except (ValueError, FileNotFoundError, RuntimeError,
+          FloatingPointError) as e:
+    # Config, data, checkpoint and judge problems: one line naming the
+    # culprit, no traceback (POLY_EPO_TRACEBACK=1 shows it).
+    if os.environ.get("POLY_EPO_TRACEBACK"):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if distributed.is_main():
     print(trainer.format_table(summary))
     print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "

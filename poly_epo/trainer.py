@@ -229,7 +229,8 @@ def step_prompts(run: Run, step: int):
                                    cfg.prompts_per_step)
   mine = prompts[run.block[0]:run.block[1]]
   try:
-    tokens, mask = encode_prompts(run.tok, mine, width=cfg.max_prompt_tokens)
+    tokens, mask = encode_prompts(run.tok, mine, width=cfg.max_prompt_tokens,
+                                  chat=run.task.chat_template == "auto")
   except ValueError as e:
     raise ValueError(f"config.max_prompt_tokens={cfg.max_prompt_tokens}: "
                      f"{e}") from None

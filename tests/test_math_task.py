@@ -71,3 +71,13 @@ def test_parquet(tmp_path):
   t = tasks.get("math", path=path, heldout_fraction=0.0)
   p = t.train_prompts(0, 1)[0]
   assert t.reward(p, "\\boxed{5}") == 1.0
+
+
+def test_chat_template_option_is_checked():
+  from poly_epo import tasks
+  path = os.path.join(os.path.dirname(__file__), "data", "math_sample.jsonl")
+  assert tasks.get("math", path=path).chat_template == "auto"
+  assert tasks.get("math", path=path, chat_template="none").chat_template \
+      == "none"
+  with pytest.raises(ValueError, match="chat_template"):
+    tasks.get("math", path=path, chat_template="yes")

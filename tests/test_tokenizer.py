@@ -48,3 +48,17 @@ def test_save_load_and_decode_completions(tmp_path):
   assert decode_completions(again, tokens, mask) == [["(3,4)", "(3,4)"]]
   with pytest.raises(FileNotFoundError, match="missing"):
     load_tokenizer(str(tmp_path / "missing"))
+
+
+def test_chat_format_uses_the_template_when_there_is_one():
+  from poly_epo.tokenizer import chat_format, char_tokenizer, encode_prompts
+  tok = char_tokenizer()
+  assert chat_format(tok, "x=1") == "x=1"  # No template: raw text.
+  tok.chat_template = ("{% for m in messages %}U:{{ m['content'] }};"
+                       "{% endfor %}{% if add_generation_prompt %}A:"
+                       "{% endif %}")
+  assert chat_format(tok, "x=1") == "U:x=1;A:"
+  plain, _ = encode_prompts(tok, ["x=1"])
+  chat, _ = encode_prompts(tok, ["x=1"], chat=True)
+  assert chat.shape[1] == plain.shape[1] + len("U:;A:")
+  assert tok.decode(chat[0].tolist()) == "U:x=1;A:"

@@ -179,3 +179,16 @@ def test_loss_overrides_apply_per_algorithm():
   cfg.loss_overrides.drgrpo = ml_collections.ConfigDict({"eps_hi": 0.2})
   with pytest.raises(ValueError, match=r"config\.loss_overrides\.drgrpo"):
     config_checks.check_config(cfg)
+
+
+def test_bad_config_is_one_line_and_non_zero():
+  res = subprocess.run(
+      [sys.executable, "-m", "poly_epo.train",
+       f"--config={os.path.join(ROOT, 'configs', 'polynomial.py')}",
+       "--config.temperature=0", "--config.workdir=/tmp/poly_epo_bad_cfg"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines()[-1].startswith(
+      "error: config.temperature")
+  assert "Traceback" not in res.stderr

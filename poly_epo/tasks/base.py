@@ -25,6 +25,9 @@ class Task:
 
   name = "task"
   embedded = False  # True when the task generates its own data and corpus.
+  # "auto": prompts go through the tokenizer's chat template (one user turn
+  # plus the generation prompt) when it has one; "none": raw text.
+  chat_template = "none"
   alphabet = ""  # Characters its prompts and responses use (char tokenizer).
   max_response_chars = 512
 

@@ -110,15 +110,19 @@ def answers_match(gold: str, predicted: str) -> bool:
 @register_task("math")
 class MathTask(Task):
   """Options: `path`, `heldout_path`, `problem_field`, `answer_field`,
-  `heldout_fraction`."""
+  `heldout_fraction`, `chat_template` (auto | none)."""
 
   embedded = False
   max_response_chars = 16384
 
   def __init__(self, path: str, heldout_path: str | None = None,
                problem_field: str = "problem", answer_field: str = "answer",
-               heldout_fraction: float = 0.1):
+               heldout_fraction: float = 0.1, chat_template: str = "auto"):
     super().__init__()
+    if chat_template not in ("auto", "none"):
+      raise ValueError(f"config.task.options.chat_template={chat_template!r}:"
+                       " 'auto' (the tokenizer's template) or 'none'")
+    self.chat_template = chat_template
     rows = load_records(path, problem_field, answer_field)
     if heldout_path:
       self.splits = {"train": rows,
