@@ -23,8 +23,7 @@ def score(task, prompts, texts):
   """(rewards float32 [P, N], labels int32 [P, N]) of N completions per
   prompt from the task's own reward and labels (DEGENERATE everywhere when
   the task defers its labels to a judge)."""
-  rewards = np.array([[task.reward(p, r) for r in row]
-                      for p, row in zip(prompts, texts)], np.float32)
+  rewards = task.rewards(prompts, texts)
   labels = []
   for p, row in zip(prompts, texts):
     row_labels = task.label(p, row)

@@ -30,7 +30,8 @@ def test_rewards(task):
   assert task.reward(p, "\\boxed{\\dfrac{3}{4}}") == 1.0
   assert task.reward(p, "\\boxed{0.75}") == 1.0  # math-verify: numeric.
   assert task.reward(p, "\\boxed{\\frac{1}{4}}") == 0.0
-  assert task.reward(p, "the answer is 3/4") == 0.0  # No box.
+  assert task.reward(p, "so the answer is 3/4") == 1.0  # A final line.
+  assert task.reward(p, "I think 3/4 or so") == 0.0  # Neither.
   assert task.reward(p, "\\boxed{1} then \\boxed{\\frac{3}{4}}") == 1.0
   assert task.label(p, ["a", "b"]) is None  # Deferred to the judge.
   assert task.answer(p, "\\boxed{ \\frac{3}{4} }") == "\\frac{3}{4}"

@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections
 from typing import Sequence
 
+import numpy as np
+
 from poly_epo.labels import DEGENERATE
 
 
@@ -72,6 +74,13 @@ class Task:
       self.errors["reward_out_of_range"] += 1
       return 0.0
     return value
+
+  def rewards(self, prompts: Sequence[str],
+              rows: Sequence[Sequence[str]]) -> np.ndarray:
+    """float32 [P, N] rewards of N responses per prompt (tasks with slow
+    checks override this to batch them, e.g. `math`'s answer pool)."""
+    return np.array([[self.reward(p, r) for r in row]
+                     for p, row in zip(prompts, rows)], np.float32)
 
   def label(self, prompt: str, responses: Sequence[str]) -> list[int] | None:
     try:

@@ -1,9 +1,12 @@
 """`math`: problems with reference answers from local JSONL or Parquet files.
 
 Prompt (the paper's style): the problem, then "Please reason step by step, and
-put your final answer within \\boxed{}." Reward 1 iff the last `\\boxed{...}`
-of the response matches the reference under `math-verify`; when math-verify
-is missing or fails, a strict normaliser decides. Labels come from the LM
+put your final answer within \\boxed{}." (a chat user turn when the tokenizer
+has a template). The answer is taken as verl's maths reward takes it (the
+last `\\boxed{...}`, else a final "answer: ..." line, from the response's
+end); reward 1 iff it equals the reference after a strict normaliser or
+under math-verify, checked in a pool of worker processes with a hard
+deadline per answer (`workers`, `answer_timeout`). Labels come from the LM
 judge (`label` returns None). Point the config at POLARIS-53k, AIME,
 MATH-500, ... downloaded by you; `tests/data/math_sample.jsonl` is a tiny
 sample.
@@ -17,15 +20,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 
 import numpy as np
 
 from poly_epo.tasks.base import Task, register_task
+from poly_epo.tasks.math_check import (answers_match, final_answer, last_boxed,
+                                       math_verify, normalise)
+from poly_epo.tasks.sandbox import AnswerPool
+
+__all__ = ["MathTask", "answers_match", "last_boxed", "normalise",
+           "load_records", "INSTRUCTION"]
 
 INSTRUCTION = ("Please reason step by step, and put your final answer within "
                "\\boxed{}.")
-_MAX_BOXED = 256
 
 
 def load_records(path: str, problem_field: str, answer_field: str
@@ -63,50 +70,6 @@ def load_records(path: str, problem_field: str, answer_field: str
   return rows
 
 
-def last_boxed(text: str) -> str | None:
-  """Content of the last \\boxed{...} (balanced braces), or None."""
-  start = text.rfind("\\boxed")
-  if start < 0:
-    return None
-  i = text.find("{", start)
-  if i < 0:
-    return None
-  depth, j = 0, i
-  while j < len(text) and j - i <= _MAX_BOXED:
-    if text[j] == "{":
-      depth += 1
-    elif text[j] == "}":
-      depth -= 1
-      if depth == 0:
-        return text[i + 1:j]
-    j += 1
-  return None
-
-
-def normalise(answer: str) -> str:
-  """Strict normaliser: drop spaces, $, \\left/\\right, \\!, trailing dot,
-  text wrappers; `\\dfrac` -> `\\frac`."""
-  s = answer.strip()
-  s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
-  for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("$", ""),
-                   ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), (" ", "")):
-    s = s.replace(old, new)
-  return s.rstrip(".")
-
-
-def answers_match(gold: str, predicted: str) -> bool:
-  if normalise(gold) == normalise(predicted):
-    return True
-  try:
-    from math_verify import parse, verify
-  except ImportError:
-    return False
-  try:
-    return bool(verify(parse(f"${gold}$"), parse(f"${predicted}$")))
-  except Exception:  # noqa: BLE001 - math-verify failures fall back to False.
-    return False
-
-
 @register_task("math")
 class MathTask(Task):
   """Options: `path`, `heldout_path`, `problem_field`, `answer_field`,
@@ -117,8 +80,13 @@ class MathTask(Task):
 
   def __init__(self, path: str, heldout_path: str | None = None,
                problem_field: str = "problem", answer_field: str = "answer",
-               heldout_fraction: float = 0.1, chat_template: str = "auto"):
+               heldout_fraction: float = 0.1, chat_template: str = "auto",
+               workers: int = 0, answer_timeout: float = 5.0):
     super().__init__()
+    if math_verify is None:
+      raise ImportError("the math task checks answers with math-verify: "
+                        "pip install -e '.[math]'")
+    self.pool = AnswerPool(workers or os.cpu_count() or 1, answer_timeout)
     if chat_template not in ("auto", "none"):
       raise ValueError(f"config.task.options.chat_template={chat_template!r}:"
                        " 'auto' (the tokenizer's template) or 'none'")
@@ -152,12 +120,49 @@ class MathTask(Task):
     return [self.format_prompt(rows[order[i % len(rows)]][0])
             for i in range(count)]
 
+  def _cut(self, response) -> str:
+    """Long responses keep their end, where the final answer is."""
+    if not isinstance(response, str):
+      raise TypeError(f"response must be a string, got {type(response)}")
+    return response[-self.max_response_chars:]
+
   def _answer(self, prompt, response):
-    boxed = last_boxed(response)
-    return None if boxed is None else normalise(boxed)
+    ans = final_answer(response)
+    return None if ans is None else normalise(ans)
 
   def _reward(self, prompt, response):
     if prompt not in self.gold:
       raise KeyError("prompt not from this task")
-    boxed = last_boxed(response)
-    return float(boxed is not None and answers_match(self.gold[prompt], boxed))
+    ans = final_answer(response)
+    return float(ans is not None and answers_match(self.gold[prompt], ans))
+
+  def rewards(self, prompts, rows):
+    """Rewards [P, N] of a batch: answers extracted here, the equivalence
+    checks that need math-verify run in the answer pool under a hard
+    deadline each (a timeout scores 0 and counts in errors["timeout"])."""
+    out = np.zeros((len(prompts), max((len(r) for r in rows), default=0)),
+                   np.float32)
+    jobs, where = [], []
+    for i, (prompt, row) in enumerate(zip(prompts, rows)):
+      gold = self.gold.get(prompt)
+      for j, response in enumerate(row):
+        try:
+          ans = final_answer(self._cut(response))
+        except Exception:  # noqa: BLE001 - counted, never raised.
+          self.errors["reward"] += 1
+          continue
+        if gold is None:
+          self.errors["reward"] += 1
+        elif ans is None:
+          continue
+        elif normalise(gold) == normalise(ans):
+          out[i, j] = 1.0
+        else:
+          jobs.append((gold, ans))
+          where.append((i, j))
+    before = (self.pool.timeouts, self.pool.errors)
+    for (i, j), ok in zip(where, self.pool.map(answers_match, jobs, False)):
+      out[i, j] = float(bool(ok))
+    self.errors["timeout"] += self.pool.timeouts - before[0]
+    self.errors["reward"] += self.pool.errors - before[1]
+    return out
