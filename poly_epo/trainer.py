@@ -28,7 +28,7 @@ from poly_epo import (checkpointing, config_checks, distributed, evaluate,
                       export, judges, metrics, pretrain, rollout, set_rl,
                       sharding, tasks, update)
 from poly_epo.metrics_writer import MetricsWriter
-from poly_epo.tokenizer import decode_completions, encode_prompts
+from poly_epo.tokenizer import chat_format, decode_completions, encode_prompts
 
 # Fields that may change between a run and its resumption (or differ between
 # the processes of one run).
@@ -217,16 +217,30 @@ def setup(cfg, progress: bool):
       block[0] * cfg.num_samples, block[1] * cfg.num_samples):
     raise ValueError("config.mesh: this process's devices do not hold its "
                      "block of the batch (the mesh must be process-major)")
+  drop_long_prompts(task, tok, cfg)
   run = Run(cfg, task, make_judge(cfg), mesh, tok, graphdef, rest, update_fn,
             jax.random.key(cfg.seed), block)
   return run, params, opt_state
 
 
+def drop_long_prompts(task, tok, cfg) -> None:
+  """Problems whose prompt exceeds config.max_prompt_tokens are dropped at
+  load, with a count (verl's filter_overlong_prompts), not hours in."""
+  chat = task.chat_template == "auto"
+  limit = cfg.max_prompt_tokens
+  fits = lambda p: len(tok.encode(chat_format(tok, p) if chat else p,
+                                  add_special_tokens=False)) <= limit
+  dropped = task.filter_prompts(fits)
+  if any(dropped.values()) and distributed.is_main():
+    print("dropped prompts longer than config.max_prompt_tokens="
+          f"{limit}: " + ", ".join(f"{k}: {v}" for k, v in dropped.items()
+                                   if v))
+
+
 def step_prompts(run: Run, step: int):
   """This process's prompts of a step, encoded [B_local, P]."""
   cfg = run.cfg
-  prompts = run.task.train_prompts(cfg.seed * 1_000_003 + step,
-                                   cfg.prompts_per_step)
+  prompts = run.task.train_batch(cfg.seed, step, cfg.prompts_per_step)
   mine = prompts[run.block[0]:run.block[1]]
   try:
     tokens, mask = encode_prompts(run.tok, mine, width=cfg.max_prompt_tokens,
@@ -344,15 +358,26 @@ def _eval_summary(ev: dict, m: int) -> dict:
   return row
 
 
-def run_eval(run: Run, params, heldout) -> dict:
+def run_eval(run: Run, params, sets: dict) -> dict:
+  """{set name: metrics row} over the held-out sets."""
   cfg = run.cfg
-  ev = evaluate.evaluate(run.model(params), run.tok, run.task, heldout,
-                         num_samples=cfg.eval_samples,
-                         max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, seed=cfg.seed,
-                         mesh=run.mesh, compute_dtype=cfg.model.dtype,
-                         batch_prompts=cfg.rollout.chunk_prompts or 64)
-  return _eval_summary(ev, cfg.eval_samples)
+  out = {}
+  for name, prompts in sets.items():
+    ev = evaluate.evaluate(run.model(params), run.tok, run.task, prompts,
+                           num_samples=cfg.eval_samples,
+                           max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, seed=cfg.seed,
+                           mesh=run.mesh, compute_dtype=cfg.model.dtype,
+                           batch_prompts=cfg.rollout.chunk_prompts or 64)
+    out[name] = _eval_summary(ev, cfg.eval_samples)
+  return out
+
+
+def log_eval(log, step: int, results: dict) -> None:
+  """The held-out split logs as eval/...; a named set as eval/<name>/..."""
+  for name, row in results.items():
+    log.write(step, row, prefix="eval" if name == "heldout"
+              else f"eval/{name}")
 
 
 def train(cfg) -> dict:
@@ -374,8 +399,7 @@ def _train(cfg) -> dict:
     if distributed.is_main():
       print(f"resumed from {ckpts.dir} at step {start}")
   log = MetricsWriter(cfg.workdir, start)
-  heldout = run.task.heldout_prompts(cfg.seed, cfg.eval_prompts) \
-      if cfg.eval_prompts else []
+  heldout = run.task.eval_sets(cfg.seed, cfg.eval_prompts)
 
   base_eval_path = os.path.join(cfg.workdir, "base_eval.json")
   base_eval = None
@@ -417,7 +441,7 @@ def _train(cfg) -> dict:
     done = step + 1
     if cfg.eval_every and heldout and done % cfg.eval_every == 0 and \
         done < cfg.steps:
-      log.write(done, run_eval(run, params, heldout), prefix="eval")
+      log_eval(log, done, run_eval(run, params, heldout))
     if done % cfg.ckpt_every == 0 or done == cfg.steps:
       ckpts.save(done, params, opt_state)
   ckpts.close()
@@ -429,7 +453,7 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
   cfg = run.cfg
   final = run_eval(run, params, heldout) if heldout else None
   if final is not None:
-    log.write(cfg.steps, final, prefix="eval")
+    log_eval(log, cfg.steps, final)
   log.close()
   model = run.model(params)
   policy_dir = checkpointing.save_policy(
@@ -440,7 +464,10 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
     hf_dir = export.export_hf(model, run.tok,
                               os.path.join(cfg.workdir, "policy_hf"),
                               dtype=cfg.export_dtype or None)
-  summary = {"base": base_eval, "trained": final, "workdir": cfg.workdir,
+  first = lambda d: next(iter(d.values())) if d else None
+  summary = {"base": first(base_eval), "trained": first(final),
+             "eval_sets": {"base": base_eval, "trained": final},
+             "workdir": cfg.workdir,
              "policy": policy_dir, "policy_hf": hf_dir,
              "algorithm": cfg.algorithm, "eval_samples": cfg.eval_samples}
   _write_json(summary, os.path.join(cfg.workdir, "summary.json"))

@@ -82,3 +82,57 @@ def test_chat_template_option_is_checked():
       == "none"
   with pytest.raises(ValueError, match="chat_template"):
     tasks.get("math", path=path, chat_template="yes")
+
+
+def _verl_rows(n, offset=0):
+  return [{"data_source": "polaris",
+           "prompt": [{"role": "user", "content":
+                       f"What is {i} + {i}?\nPlease reason step by step, and "
+                       "put your final answer within \\boxed{}."}],
+           "reward_model": {"style": "rule", "ground_truth": str(2 * i)}}
+          for i in range(offset, offset + n)]
+
+
+def test_verl_parquet_and_jsonl(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  path = tmp_path / "train.parquet"
+  pq.write_table(pa.Table.from_pylist(_verl_rows(6)), str(path))
+  t = tasks.get("math", path=str(path), heldout_fraction=0.0, workers=1)
+  prompts = t.train_prompts(0, 6)
+  assert all(p.count("\\boxed{}") == 1 for p in prompts)  # Not added twice.
+  p = next(p for p in prompts if p.startswith("What is 3 + 3?"))
+  assert t.rewards([p], [["so \\boxed{6}", "\\boxed{7}"]]).tolist() == \
+      [[1.0, 0.0]]
+  jl = tmp_path / "train.jsonl"
+  jl.write_text("\n".join(json.dumps(r) for r in _verl_rows(3)))
+  assert len(tasks.get("math", path=str(jl), heldout_fraction=0.0,
+                       workers=1).splits["train"]) == 3
+
+
+def test_conflicting_duplicates_name_both_rows(tmp_path):
+  bad = tmp_path / "dup.jsonl"
+  bad.write_text("\n".join(json.dumps(r) for r in [
+      {"problem": "1+1", "answer": "2"}, {"problem": "2+2", "answer": "4"},
+      {"problem": "1+1", "answer": "3"}]))
+  with pytest.raises(ValueError, match=r"dup\.jsonl record 1 and .*record 3"):
+    tasks.get("math", path=str(bad))
+
+
+def test_epochs_have_no_repeats_and_named_sets_are_separate(tmp_path):
+  train = tmp_path / "t.jsonl"
+  train.write_text("\n".join(json.dumps(r) for r in _verl_rows(10)))
+  aime = tmp_path / "aime.jsonl"
+  aime.write_text("\n".join(json.dumps(r) for r in _verl_rows(4, 100)))
+  t = tasks.get("math", path=str(train), heldout_fraction=0.0, workers=1,
+                eval_sets={"aime25": str(aime)})
+  epoch0 = t.train_batch(0, 0, 5) + t.train_batch(0, 1, 5)
+  assert len(set(epoch0)) == 10  # Every problem once per epoch.
+  assert set(t.train_batch(0, 2, 5) + t.train_batch(0, 3, 5)) == set(epoch0)
+  assert t.train_batch(0, 1, 4) == t.train_batch(0, 1, 4)  # Resumable.
+  assert t.train_batch(0, 3, 4) != t.train_batch(1, 3, 4)
+  sets = t.eval_sets(0, 0)
+  assert list(sets) == ["aime25"] and len(sets["aime25"]) == 4
+  assert t.rewards(sets["aime25"][:1], [["\\boxed{-1}"]]).shape == (1, 1)
+  dropped = t.filter_prompts(lambda p: "What is 1 +" not in p)
+  assert dropped == {"train": 1, "heldout": 0, "aime25": 0}

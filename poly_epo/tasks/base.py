@@ -59,6 +59,21 @@ class Task:
   def heldout_prompts(self, seed: int, count: int) -> list[str]:
     return self._prompts("heldout", seed, count)
 
+  def train_batch(self, seed: int, step: int, count: int) -> list[str]:
+    """The prompts of RL step `step` (deterministic in seed and step, so a
+    resumed run draws the same ones)."""
+    return self.train_prompts(seed * 1_000_003 + step, count)
+
+  def eval_sets(self, seed: int, count: int) -> dict[str, list[str]]:
+    """{name: held-out prompts} evaluated during training ("heldout": the
+    held-out split, unless a task has named sets)."""
+    return {"heldout": self.heldout_prompts(seed, count)} if count else {}
+
+  def filter_prompts(self, keep) -> dict[str, int]:
+    """Drop prompts failing `keep` at load (generated tasks: none)."""
+    del keep
+    return {}
+
   def _cut(self, response) -> str:
     if not isinstance(response, str):
       raise TypeError(f"response must be a string, got {type(response)}")

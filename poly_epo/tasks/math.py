@@ -18,12 +18,12 @@ problems (`heldout_fraction`), so the two never overlap.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import numpy as np
 
 from poly_epo.tasks.base import Task, register_task
+from poly_epo.tasks.math_data import load_records
 from poly_epo.tasks.math_check import (answers_match, final_answer, last_boxed,
                                        math_verify, normalise)
 from poly_epo.tasks.sandbox import AnswerPool
@@ -35,45 +35,13 @@ INSTRUCTION = ("Please reason step by step, and put your final answer within "
                "\\boxed{}.")
 
 
-def load_records(path: str, problem_field: str, answer_field: str
-                 ) -> list[tuple[str, str]]:
-  """(problem, answer) pairs; a bad line or row names the file and line."""
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"math data file {path!r} does not exist")
-  rows = []
-  if path.endswith(".parquet"):
-    try:
-      import pyarrow.parquet as pq
-    except ImportError:
-      raise ImportError("reading Parquet needs pyarrow: pip install pyarrow") \
-          from None
-    records = pq.read_table(path).to_pylist()
-    where = lambda i: f"{path} row {i}"
-  else:
-    records = []
-    with open(path, encoding="utf-8") as f:
-      for i, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    where = lambda i: f"{path} record {i}"
-  for i, rec in enumerate(records, 1):
-    for field in (problem_field, answer_field):
-      if not isinstance(rec, dict) or field not in rec:
-        raise ValueError(f"{where(i)}: missing field {field!r}")
-    rows.append((str(rec[problem_field]), str(rec[answer_field])))
-  if not rows:
-    raise ValueError(f"{path}: no records")
-  return rows
-
-
 @register_task("math")
 class MathTask(Task):
   """Options: `path`, `heldout_path`, `problem_field`, `answer_field`,
-  `heldout_fraction`, `chat_template` (auto | none)."""
+  `heldout_fraction`, `chat_template` (auto | none), `workers` and
+  `answer_timeout` (the answer pool), `eval_sets` ({name: path}: held-out
+  sets evaluated separately, e.g. the authors' MATH-500, AIME25,
+  BeyondAIME, Minerva). Files: flat JSONL / Parquet or verl's format."""
 
   embedded = False
   max_response_chars = 16384
@@ -81,35 +49,43 @@ class MathTask(Task):
   def __init__(self, path: str, heldout_path: str | None = None,
                problem_field: str = "problem", answer_field: str = "answer",
                heldout_fraction: float = 0.1, chat_template: str = "auto",
-               workers: int = 0, answer_timeout: float = 5.0):
+               workers: int = 0, answer_timeout: float = 5.0,
+               eval_sets=None):
     super().__init__()
     if math_verify is None:
       raise ImportError("the math task checks answers with math-verify: "
                         "pip install -e '.[math]'")
-    self.pool = AnswerPool(workers or os.cpu_count() or 1, answer_timeout)
     if chat_template not in ("auto", "none"):
       raise ValueError(f"config.task.options.chat_template={chat_template!r}:"
                        " 'auto' (the tokenizer's template) or 'none'")
     self.chat_template = chat_template
-    rows = load_records(path, problem_field, answer_field)
+    load = lambda p: load_records(p, problem_field, answer_field)
+    rows = load(path)
     if heldout_path:
-      self.splits = {"train": rows,
-                     "heldout": load_records(heldout_path, problem_field,
-                                             answer_field)}
+      self.splits = {"train": rows, "heldout": load(heldout_path)}
     else:
       def bucket(problem):
         h = hashlib.sha256(problem.encode()).digest()
         return int.from_bytes(h[:4], "big") / 2**32 < heldout_fraction
-      self.splits = {"train": [r for r in rows if not bucket(r[0])],
-                     "heldout": [r for r in rows if bucket(r[0])]}
+      self.splits = {"train": [r for r in rows if not bucket(r.problem)],
+                     "heldout": [r for r in rows if bucket(r.problem)]}
+    self.named_sets = {}
+    for name, set_path in dict(eval_sets or {}).items():
+      if set_path:
+        self.named_sets[name] = load(set_path)
     self.gold = {}
-    for split_rows in self.splits.values():
-      for problem, answer in split_rows:
-        self.gold[self.format_prompt(problem)] = answer
+    for split_rows in [*self.splits.values(), *self.named_sets.values()]:
+      for r in split_rows:
+        self.gold[self.format_prompt(r.problem)] = r.answer
+    self.pool = AnswerPool(workers or os.cpu_count() or 1, answer_timeout)
 
   @staticmethod
   def format_prompt(problem: str) -> str:
-    return f"{problem}\n{INSTRUCTION}"
+    """The authors' user turn: the problem, then the instruction (once: verl
+    files often carry it already)."""
+    problem = problem.rstrip()
+    return problem if problem.endswith(INSTRUCTION) else \
+        f"{problem}\n{INSTRUCTION}"
 
   def _prompts(self, split, seed, count):
     rows = self.splits[split]
@@ -117,8 +93,48 @@ class MathTask(Task):
       raise ValueError(f"math: the {split} split is empty")
     order = np.random.default_rng([seed, 0 if split == "train" else 1]
                                   ).permutation(len(rows))
-    return [self.format_prompt(rows[order[i % len(rows)]][0])
+    return [self.format_prompt(rows[order[i % len(rows)]].problem)
             for i in range(count)]
+
+  def train_batch(self, seed: int, step: int, count: int) -> list[str]:
+    """Step `step`'s prompts: seeded epochs over the training problems, each
+    a fresh permutation, so no problem repeats within an epoch and a resumed
+    run draws the same batches."""
+    rows = self.splits["train"]
+    if not rows:
+      raise ValueError("math: the train split is empty")
+    n = len(rows)
+    out = []
+    for k in range(step * count, (step + 1) * count):
+      epoch, pos = divmod(k, n)
+      order = np.random.default_rng([seed, 2, epoch]).permutation(n)
+      out.append(self.format_prompt(rows[order[pos]].problem))
+    return out
+
+  def eval_sets(self, seed: int, count: int) -> dict[str, list[str]]:
+    """{name: prompts} of the named held-out sets (every problem, or the
+    first `count` of a seeded order when count > 0); the held-out split when
+    none is configured."""
+    if not self.named_sets:
+      return super().eval_sets(seed, count)
+    out = {}
+    for name, rows in self.named_sets.items():
+      order = np.random.default_rng([seed, 3]).permutation(len(rows))
+      take = order[:count] if count else order
+      out[name] = [self.format_prompt(rows[i].problem) for i in take]
+    return out
+
+  def filter_prompts(self, keep) -> dict[str, int]:
+    """Drop problems whose prompt fails `keep(prompt)` (e.g. longer than
+    config.max_prompt_tokens, as verl filters at load); returns the number
+    dropped per split / set."""
+    dropped = {}
+    for d in (self.splits, self.named_sets):
+      for name, rows in d.items():
+        kept = [r for r in rows if keep(self.format_prompt(r.problem))]
+        dropped[name] = len(rows) - len(kept)
+        d[name] = kept
+    return dropped
 
   def _cut(self, response) -> str:
     """Long responses keep their end, where the final answer is."""
