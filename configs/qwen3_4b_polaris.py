@@ -27,10 +27,17 @@ def get_config():
   c.workdir = "runs/qwen3_4b_polaris"
   c.task.name = "math"
   c.task.options.path = "/data/polaris-53k.parquet"
-  c.task.options.heldout_path = ""  # E.g. AIME / MATH-500 (else a split).
+  c.task.options.heldout_path = ""  # One held-out file (else a split)...
+  c.task.options.heldout_fraction = 0.0  # ...of this share; 0: all train.
+  c.task.options.workers = 0  # Answer-checking processes (0 = CPU count).
+  c.task.options.answer_timeout = 5.0  # Hard deadline per answer (seconds).
   c.task.options.problem_field = "problem"
   c.task.options.answer_field = "answer"
   c.task.options.chat_template = "auto"  # One user turn, as the authors do.
+  # The authors' validation sets (verl Parquet files you downloaded), each
+  # evaluated on its own every eval_every steps; empty paths are skipped.
+  c.task.options.eval_sets = ml_collections.ConfigDict({
+      "math500": "", "aime25": "", "beyondaime": "", "minerva": ""})
   c.base_policy = "/ckpt/qwen3-4b-base-policy"
   c.model.preset = "qwen3-4b"  # Shapes for poly_epo.plan without weights.
   c.model.param_dtype = "float32"  # f32 master weights and AdamW state...
@@ -64,7 +71,8 @@ def get_config():
   c.judge.url = "http://localhost:8000/v1"
   c.judge.model = "Qwen3-4B-Instruct-2507"
   c.eval_every = 50
-  c.eval_prompts = 0  # Evaluate with poly_epo.evaluate on benchmarks instead.
+  c.eval_prompts = 0  # Every problem of each eval set...
+  c.eval_samples = 16  # ...16 samples each at temperature 1.0 (the authors').
   c.ckpt_every = 25
   c.mesh.fsdp = 8
   return c

@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1  # Tensor-parallel devices.
 
   c.eval_every = 40  # Held-out evaluation every this many steps (0 = end only).
-  c.eval_prompts = 64  # Held-out prompts per evaluation.
+  c.eval_prompts = 64  # Held-out prompts per evaluation (0 = none; for the
+  # math task's named eval_sets, 0 = every problem of each set).
   c.eval_samples = 32  # m samples per held-out prompt (pass@1..m).
   c.ckpt_every = 20  # Checkpoint every this many steps (and at the end).
   c.keep_checkpoints = 2  # Checkpoints kept.

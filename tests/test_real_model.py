@@ -1,0 +1,91 @@
+"""The paper's recipe config on CPU, end to end, with a real-model layout: a
+tiny random Qwen3 saved as a Hugging Face folder whose tokenizer has a chat
+template, a 6-problem verl-format Parquet file, and the LM judge over HTTP
+(good replies, then an outage that stops the run loudly) or in-process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_judges import _Handler, server  # noqa: F401  (fixture)
+from test_math_task import _verl_rows
+from test_trainer import ROOT
+
+TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def hf_policy(tmp_path_factory):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  from poly_epo.models import init_model, preset, save_hf
+  from poly_epo.tokenizer import char_tokenizer
+  d = tmp_path_factory.mktemp("real")
+  tok = char_tokenizer()
+  tok.chat_template = TEMPLATE
+  model = init_model(preset("tiny", vocab_size=len(tok)), seed=0)
+  save_hf(model, str(d / "qwen3-tiny"), tokenizer=tok)
+  pq.write_table(pa.Table.from_pylist(_verl_rows(6)), str(d / "data.parquet"))
+  return str(d / "qwen3-tiny"), str(d / "data.parquet")
+
+
+def _cmd(workdir, hf, data, *extra):
+  return [sys.executable, "-m", "poly_epo.train",
+          f"--config={os.path.join(ROOT, 'configs', 'qwen3_4b_polaris.py')}",
+          f"--config.base_policy={hf}", f"--config.task.options.path={data}",
+          "--config.task.options.heldout_fraction=0.0",
+          "--config.task.options.workers=1", f"--config.workdir={workdir}",
+          "--config.mesh.fsdp=1", "--config.prompts_per_step=2",
+          "--config.num_samples=4", "--config.num_minibatches=1",
+          "--config.num_microbatches=1", "--config.max_prompt_tokens=160",
+          "--config.max_new_tokens=16", "--config.model.dtype=bfloat16",
+          "--config.model.attention_chunk=0", "--config.model.logprob_chunk=0",
+          "--config.rollout.chunk_prompts=0", "--config.eval_every=0",
+          "--config.ckpt_every=1", "--config.judge.max_response_tokens=64",
+          "--config.judge.max_reply_tokens=32", "--config.progress=False",
+          *extra]
+
+
+def _run(cmd):
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600,
+                        env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_recipe_with_http_judge_runs_then_stops_on_an_outage(
+    hf_policy, server, tmp_path):  # noqa: F811
+  hf, data = hf_policy
+  work = str(tmp_path / "http")
+  # Health check + 3 steps x 2 prompts answered; then HTTP 500 for good.
+  _Handler.script[:] = ["good"] * 7 + ["500"] * 400
+  res = _run(_cmd(work, hf, data, f"--config.judge.url={server}",
+                  "--config.judge.failure_window=2", "--config.steps=8"))
+  assert res.returncode == 1, res.stderr[-3000:]
+  last = res.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the strategy judge failed") and \
+      "resumes" in last
+  rows = [r for r in _rows(work) if "train/loss" in r]
+  assert [r["train/judge/failed_fraction"] for r in rows] == [0, 0, 0, 1.0]
+  # bf16 compute: old log-probs recomputed by the training model (verl).
+  assert all("train/sampler_logp_abs_diff" in r for r in rows)
+  assert os.path.isdir(os.path.join(work, "checkpoints", "4"))
+  _Handler.script[:] = []
+
+
+def test_recipe_with_in_process_judge(hf_policy, tmp_path):
+  hf, data = hf_policy
+  work = str(tmp_path / "inproc")
+  res = _run(_cmd(work, hf, data, "--config.judge.kind=inprocess",
+                  f"--config.judge.path={hf}", "--config.steps=2"))
+  assert res.returncode == 0, res.stderr[-3000:]
+  rows = [r for r in _rows(work) if "train/loss" in r]
+  assert len(rows) == 2 and "train/judge/failed_fraction" in rows[0]
+  assert os.path.exists(os.path.join(work, "policy_hf", "config.json"))
