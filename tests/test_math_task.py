@@ -136,3 +136,10 @@ def test_epochs_have_no_repeats_and_named_sets_are_separate(tmp_path):
   assert t.rewards(sets["aime25"][:1], [["\\boxed{-1}"]]).shape == (1, 1)
   dropped = t.filter_prompts(lambda p: "What is 1 +" not in p)
   assert dropped == {"train": 1, "heldout": 0, "aime25": 0}
+
+
+def test_without_math_verify_the_task_refuses_to_start(monkeypatch):
+  import poly_epo.tasks.math as math_mod
+  monkeypatch.setattr(math_mod, "math_verify", None)
+  with pytest.raises(ImportError, match=r"math-verify.*\[math\]"):
+    tasks.get("math", path=SAMPLE)
