@@ -322,7 +322,8 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
   counts = distributed.allgather(np.array([[
       judge.counts["failed"] if judge else 0,
       judge.counts["wrong_count"] if judge else 0,
-      sum(run.task.errors.values())]], np.float64))
+      sum(run.task.errors.values()), run.task.errors["timeout"]]],
+      np.float64))
   correct = rewards >= 0.5
   n_tok = int(lengths.sum())
   return {
@@ -338,6 +339,7 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
       "judge_failed": float(counts[:, 0].sum()),
       "judge_wrong_count": float(counts[:, 1].sum()),
       "task_errors": float(counts[:, 2].sum()),
+      "task_timeouts": float(counts[:, 3].sum()),
       **upd,
   }
 

@@ -58,7 +58,7 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
               "train/distinct_correct", "train/frac_zero_adv",
               "train/entropy", "train/clip_frac_high", "train/grad_norm",
               "train/response_length", "train/sample_tok_s",
-              "train/judge_failed", "train/skipped"):
+              "train/judge_failed", "train/task_timeouts", "train/skipped"):
     assert key in lines[0], key
   assert any("eval/pass@4" in l for l in lines)
   assert os.listdir(tmp_path / "run" / "tb")
