@@ -117,6 +117,10 @@ class JudgeWatch:
            "judge/wrong_count_fraction": statuses_counts[2] / total}
     self.recent = (self.recent + [row["judge/failed_fraction"]])[
         -self.window:]
+    return row
+
+  def check(self, step: int) -> None:
+    """Raise when the judge failed too often over the window."""
     if len(self.recent) == self.window and \
         float(np.mean(self.recent)) > self.limit:
       raise RuntimeError(
@@ -126,7 +130,6 @@ class JudgeWatch:
           "than silently training on mean reward. Fix the judge (endpoint "
           "up? model name? replies parse?) and start the same command again: "
           "the run resumes from its last checkpoint.")
-    return row
 
 
 def model_overrides(cfg) -> dict:
@@ -433,6 +436,7 @@ def _train(cfg) -> dict:
       row.update(watch.step(distributed.allgather(statuses[None]).sum(0),
                             step))
     log.write(step, row)
+    watch.check(step)  # Before this step's update is checkpointed.
     nan_run = nan_run + 1 if upd["skipped"] else 0
     if nan_run >= cfg.max_nan_steps:
       raise FloatingPointError(
