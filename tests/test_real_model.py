@@ -84,8 +84,15 @@ def test_recipe_with_in_process_judge(hf_policy, tmp_path):
   hf, data = hf_policy
   work = str(tmp_path / "inproc")
   res = _run(_cmd(work, hf, data, "--config.judge.kind=inprocess",
-                  f"--config.judge.path={hf}", "--config.steps=2"))
+                  f"--config.judge.path={hf}", "--config.steps=2",
+                  f"--config.task.options.eval_sets.aime25={data}",
+                  "--config.eval_prompts=2", "--config.eval_samples=2"))
   assert res.returncode == 0, res.stderr[-3000:]
   rows = [r for r in _rows(work) if "train/loss" in r]
   assert len(rows) == 2 and "train/judge/failed_fraction" in rows[0]
+  # The named validation set is evaluated on its own (final evaluation).
+  assert any("eval/aime25/pass@1" in r and r["step"] == 2
+             for r in _rows(work))
+  base_eval = json.load(open(os.path.join(work, "base_eval.json")))
+  assert list(base_eval) == ["aime25"]
   assert os.path.exists(os.path.join(work, "policy_hf", "config.json"))
