@@ -36,8 +36,9 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
                      max_new_tokens: int, temperature: float = 1.0,
                      seed: int = 0, batch_prompts: int = 64,
                      progress: bool = False, mesh=None,
-                     compute_dtype: str | None = None) -> dict:
-  """Completions, rewards [P, m] and labels [P, m] for `prompts`.
+                     compute_dtype: str | None = None, judge=None) -> dict:
+  """Completions, rewards [P, m] and labels [P, m] for `prompts` (labels
+  from `judge` when given, else the task's own).
 
   Prompt i's samples are seeded by `fold_in(key(seed), i)`. On several
   processes each samples and scores its own block of prompts (padded to equal
@@ -64,8 +65,12 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
       compute_dtype=compute_dtype, progress=progress)
   texts = decode_completions(tokenizer, out.tokens, out.mask)[:n_mine]
   rewards, labels = score(task, mine, texts)
+  if judge is not None:
+    labels = np.array([r.labels for r in judge.cluster_many(mine, texts)],
+                      np.int32)
   ks = vote_ks(num_samples)
-  answers = [[task.answer(p, r) for r in row] for p, row in zip(mine, texts)]
+  answers = [task.group_answers(p, [task.answer(p, r) for r in row])
+             for p, row in zip(mine, texts)]
   votes = np.array([[metrics.majority_vote([a], [r >= 0.5], k) for k in ks]
                     for a, r in zip(answers, rewards)], np.float64)
   branch = np.array([metrics.branching(out.tokens[i], out.mask[i])
@@ -93,7 +98,7 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
              max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
              progress: bool = False, mesh=None,
              compute_dtype: str | None = None,
-             batch_prompts: int = 64) -> dict:
+             batch_prompts: int = 64, judge=None) -> dict:
   """Every evaluation number of DESIGN 3.6 over `prompts`, m samples each.
 
   Returns pass@k for every k = 1..m ("pass@k", and "pass@1", "pass@m"),
@@ -110,7 +115,7 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
                          temperature=temperature, seed=seed,
                          progress=progress, mesh=mesh,
                          compute_dtype=compute_dtype,
-                         batch_prompts=batch_prompts)
+                         batch_prompts=batch_prompts, judge=judge)
   return summarize(res, num_samples)
 
 
@@ -156,37 +161,53 @@ def policy_name(path: str) -> str:
 
 def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
                       progress: bool = True) -> dict:
-  """Evaluate each policy on the task's held-out prompts; write eval.json
-  and the overlay PNGs under `out`; return the eval.json content (JSON
-  types: string keys for k)."""
-  from poly_epo import checkpointing, plots, tasks, trainer
+  """Evaluate each policy on the task's held-out prompts (for `math` with
+  named `eval_sets`, each set on its own under `out/<set>/`); write
+  eval.json and the overlay PNGs; return the (first set's) eval.json
+  content (JSON types: string keys for k). Strategy labels come from the
+  config's judge when it has one, else from the task."""
+  from poly_epo import checkpointing, tasks, trainer
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
-  heldout = task.heldout_prompts(cfg.seed, prompts)
-  reports, sources = {}, {}
+  sets = task.eval_sets(cfg.seed, prompts) or {
+      "heldout": task.heldout_prompts(cfg.seed, prompts)}
+  judge = trainer.make_judge(cfg) if cfg.judge.kind != "task" else None
+  loaded = {}
   for spec in policies:
     path = (cfg.base_policy or os.path.join(cfg.workdir, "base")) \
         if spec == "base" else spec
     if not os.path.isdir(path):
       raise FileNotFoundError(f"--policy {spec}: no folder {path!r}")
-    model, tok, meta = checkpointing.load_any(path)
-    name = "base" if spec == "base" else policy_name(path)
-    ev = evaluate(model, tok, task, heldout, num_samples=samples,
-                  max_new_tokens=cfg.max_new_tokens,
-                  temperature=cfg.temperature, seed=cfg.seed,
-                  progress=progress)
-    ev.pop("samples")
-    reports[name] = ev
-    sources[name] = {"path": os.path.abspath(path),
-                     "steps": meta.get("steps")}
-  result = {"config": trainer._flat_config(cfg), "task": cfg.task.name,
-            "prompts": len(heldout), "samples": samples,
-            "policies": {n: {**sources[n], **reports[n]} for n in reports}}
+    loaded["base" if spec == "base" else policy_name(path)] = path
+  results = {}
+  for set_name, heldout in sets.items():
+    reports, sources = {}, {}
+    for name, path in loaded.items():
+      model, tok, meta = checkpointing.load_any(path)
+      ev = evaluate(model, tok, task, heldout, num_samples=samples,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, seed=cfg.seed,
+                    progress=progress, judge=judge)
+      ev.pop("samples")
+      reports[name] = ev
+      sources[name] = {"path": os.path.abspath(path),
+                       "steps": meta.get("steps")}
+    result = {"config": trainer._flat_config(cfg), "task": cfg.task.name,
+              "set": set_name, "prompts": len(heldout), "samples": samples,
+              "policies": {n: {**sources[n], **reports[n]} for n in reports}}
+    results[set_name] = _write_eval(
+        result, out if len(sets) == 1 else os.path.join(out, set_name))
+  return next(iter(results.values()))
+
+
+def _write_eval(result: dict, out: str) -> dict:
+  """eval.json (atomically) and the overlay plots; the JSON as read back."""
+  from poly_epo import plots
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, "eval.json")
   with open(path + ".tmp", "w") as f:
     json.dump(result, f, indent=1)
   os.replace(path + ".tmp", path)
-  result = json.loads(json.dumps(result))  # As eval.json reads back.
+  result = json.loads(json.dumps(result))
   plots.plot_eval(result["policies"], out)
   return result
 

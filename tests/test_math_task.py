@@ -143,3 +143,11 @@ def test_without_math_verify_the_task_refuses_to_start(monkeypatch):
   monkeypatch.setattr(math_mod, "math_verify", None)
   with pytest.raises(ImportError, match=r"math-verify.*\[math\]"):
     tasks.get("math", path=SAMPLE)
+
+
+def test_equivalent_answers_vote_together(task):
+  p = task.train_prompts(0, 1)[0]
+  got = task.group_answers(p, ["\\frac{1}{2}", "0.5", None, "3", "1/2", "3"])
+  assert got[0] == got[1] == got[4]  # One class for 1/2.
+  assert got[3] == got[5] == "3" and got[2] is None
+  assert got[0] != got[3]

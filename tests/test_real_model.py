@@ -96,3 +96,28 @@ def test_recipe_with_in_process_judge(hf_policy, tmp_path):
   base_eval = json.load(open(os.path.join(work, "base_eval.json")))
   assert list(base_eval) == ["aime25"]
   assert os.path.exists(os.path.join(work, "policy_hf", "config.json"))
+
+
+def test_evaluate_a_hugging_face_folder_with_the_judge_on_a_named_set(
+    hf_policy, server, tmp_path):  # noqa: F811
+  hf, data = hf_policy
+  _Handler.script[:] = []  # Every judge request answered (labels A, B, ...).
+  out = str(tmp_path / "ev")
+  res = subprocess.run(
+      [sys.executable, "-m", "poly_epo.evaluate",
+       f"--config={os.path.join(ROOT, 'configs', 'qwen3_4b_polaris.py')}",
+       f"--policy={hf}", "--samples=4", f"--out={out}",
+       f"--config.task.options.path={data}",
+       "--config.task.options.workers=1",
+       f"--config.task.options.eval_sets.aime25={data}",
+       f"--config.judge.url={server}", "--config.max_prompt_tokens=160",
+       f"--config.workdir={tmp_path / 'work'}",
+       "--config.max_new_tokens=8", "--config.model.dtype=float32"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu"))
+  assert res.returncode == 0, res.stderr[-3000:]
+  ev = json.load(open(os.path.join(out, "eval.json")))
+  assert ev["set"] == "aime25" and ev["prompts"] == 6
+  (report,) = ev["policies"].values()
+  # The judge's labels (A, B alternating), not the task's (none for math).
+  assert report["distinct_all"] == 2.0

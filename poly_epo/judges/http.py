@@ -42,6 +42,8 @@ class HttpJudge(Judge):
     self.cache_path = cache_path
     self._cache: dict[str, str] = {}
     self._lock = threading.Lock()
+    if cache_path:
+      os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
     if cache_path and os.path.exists(cache_path):
       with open(cache_path) as f:
         for line in f:

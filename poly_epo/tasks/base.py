@@ -59,6 +59,13 @@ class Task:
   def heldout_prompts(self, seed: int, count: int) -> list[str]:
     return self._prompts("heldout", seed, count)
 
+  def group_answers(self, prompt: str, answers: Sequence[str | None]
+                    ) -> list[str | None]:
+    """Answers mapped to one representative per equivalence class (majority
+    voting counts them together); canonical strings already are."""
+    del prompt
+    return list(answers)
+
   def train_batch(self, seed: int, step: int, count: int) -> list[str]:
     """The prompts of RL step `step` (deterministic in seed and step, so a
     resumed run draws the same ones)."""

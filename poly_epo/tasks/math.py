@@ -17,6 +17,7 @@ problems (`heldout_fraction`), so the two never overlap.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 
@@ -151,6 +152,21 @@ class MathTask(Task):
       raise KeyError("prompt not from this task")
     ans = final_answer(response)
     return float(ans is not None and answers_match(self.gold[prompt], ans))
+
+  def group_answers(self, prompt, answers, max_classes: int = 16):
+    """Equivalent answers vote together (`0.5` with `\\frac{1}{2}`): the
+    `max_classes` most frequent distinct answers are merged by math-verify
+    in the answer pool (rarer ones keep their own string)."""
+    del prompt
+    counts = collections.Counter(a for a in answers if a is not None)
+    reps: list[str] = []
+    rep_of: dict[str, str] = {}
+    for a, _ in counts.most_common(max_classes):
+      same = self.pool.map(answers_match, [(r, a) for r in reps], False)
+      rep_of[a] = next((r for r, ok in zip(reps, same) if ok), a)
+      if rep_of[a] == a:
+        reps.append(a)
+    return [rep_of.get(a, a) if a is not None else None for a in answers]
 
   def rewards(self, prompts, rows):
     """Rewards [P, N] of a batch: answers extracted here, the equivalence
