@@ -287,7 +287,7 @@ def main(argv):
                              + MEMORY_SCHEDULER_FLAG)
   try:
     p = plan(cfg, flags.FLAGS.chip)
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(p, indent=1) if flags.FLAGS.json else format_plan(p))
