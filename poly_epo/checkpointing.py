@@ -127,20 +127,13 @@ def load_any(path: str, mesh=None, **config_overrides):
   if os.path.isfile(os.path.join(path, "config.json")):
     from poly_epo.models.hf_io import load_hf
     overrides = dict(config_overrides)
-    dtype = overrides.pop("param_dtype", "float32")
-    compute = overrides.pop("dtype", dtype)
-    model = load_hf(path, dtype=dtype, mesh=mesh, **overrides)
-    if compute != dtype:
-      model = nnx.merge(*_with_cfg(model, model.cfg.replace(dtype=compute)))
+    overrides.setdefault("param_dtype", "float32")
+    model = load_hf(path, overrides.pop("dtype", overrides["param_dtype"]),
+                    mesh=mesh, **overrides)
     return model, load_tokenizer(path), {"source": path}
   raise FileNotFoundError(
       f"{path!r} is neither a policy folder (model_config.json + params/) "
       "nor a Hugging Face folder (config.json + *.safetensors)")
-
-
-def _with_cfg(model, cfg):
-  graphdef, _, rest = abstract_model(cfg)
-  return graphdef, nnx.state(model, nnx.Param), rest
 
 
 class TrainCheckpoints:

@@ -15,6 +15,7 @@ Returned shapes are [B, k, L] (L = max_new_tokens).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple
 
@@ -114,12 +115,10 @@ def _prefill(graphdef, state, prompt_BP, mask_BP, prompt_keys_B, *,
   out by `sharding.cache_shardings` (rows over data/fsdp, KV heads over
   tensor), and the decode loop keeps that layout.
   """
-  if mesh is not None:
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
-                           num_samples, max_new_tokens, mesh)
-  return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
-                       num_samples, max_new_tokens, mesh)
+  with (contextlib.nullcontext() if mesh is None else
+        jax.sharding.use_abstract_mesh(mesh.abstract_mesh)):
+    return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
+                         num_samples, max_new_tokens, mesh)
 
 
 def _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,

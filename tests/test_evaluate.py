@@ -7,20 +7,14 @@ import os
 
 import pytest
 
-from poly_epo import evaluate, metrics, plot, pretrain
-from test_trainer import _config
+from poly_epo import evaluate, metrics, plot
+from test_trainer import _config, tiny_base
 
 
 @pytest.fixture(scope="module")
 def two_policies(tmp_path_factory):
-  out = []
-  for seed in (0, 1):
-    d = tmp_path_factory.mktemp(f"pol{seed}")
-    cfg = _config(workdir=str(d), seed=seed,
-                  **{"pretrain.steps": 30, "pretrain.batch_size": 64,
-                     "pretrain.eval_prompts": 2, "pretrain.eval_samples": 2})
-    out.append(pretrain.pretrain(cfg, progress=False)["path"])
-  return out
+  return [tiny_base(tmp_path_factory.mktemp(f"pol{seed}"), steps=30,
+                    seed=seed) for seed in (0, 1)]
 
 
 def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):

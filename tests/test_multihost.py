@@ -9,20 +9,14 @@ import sys
 
 import pytest
 
-from poly_epo import pretrain
-from test_trainer import ROOT, _config
+from test_trainer import ROOT, tiny_base
 
 STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-  d = tmp_path_factory.mktemp("mh_base")
-  cfg = _config(workdir=str(d), **{"pretrain.steps": 30,
-                                   "pretrain.batch_size": 64,
-                                   "pretrain.eval_prompts": 2,
-                                   "pretrain.eval_samples": 2})
-  return pretrain.pretrain(cfg, progress=False)["path"]
+  return tiny_base(tmp_path_factory.mktemp("mh_base"), steps=30)
 
 
 def _free_port():

@@ -3,12 +3,10 @@ mid-way and started again, it finishes without redoing what was done."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-from test_trainer import ROOT
+from test_trainer import ROOT, kill_when_exists
 
 
 def _cmd(out):
@@ -26,15 +24,9 @@ def _cmd(out):
 def test_study_writes_outputs_and_resumes_after_a_kill(tmp_path):
   out = str(tmp_path / "study")
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen(_cmd(out), env=env, cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = os.path.join(out, "seed0", "polyepo", "checkpoints", "2")
-  deadline = time.time() + 300
-  while not os.path.isdir(ckpt) and time.time() < deadline:
-    time.sleep(0.05)
-  assert os.path.isdir(ckpt), "the study never reached its first checkpoint"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when_exists(_cmd(out), env,
+                   os.path.join(out, "seed0", "polyepo", "checkpoints", "2"),
+                   "its first checkpoint")
   assert not os.path.exists(os.path.join(out, "study.json"))
   base_mtime = os.path.getmtime(os.path.join(out, "seed0", "base",
                                              "meta.json"))

@@ -33,15 +33,32 @@ def _config(**overrides):
   return cfg
 
 
+def tiny_base(workdir, *, steps: int, batch_size: int = 64,
+              eval_prompts: int = 2, seed: int = 0) -> str:
+  """A tiny polynomial base policy (a few pretraining steps); its path."""
+  cfg = _config(workdir=str(workdir), seed=seed,
+                **{"pretrain.steps": steps, "pretrain.batch_size": batch_size,
+                   "pretrain.eval_prompts": eval_prompts,
+                   "pretrain.eval_samples": 2})
+  return pretrain.pretrain(cfg, progress=False)["path"]
+
+
+def kill_when_exists(cmd, env, path: str, what: str):
+  """Start `cmd`, SIGKILL it as soon as `path` exists (fail after 300 s)."""
+  proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not os.path.exists(path) and time.time() < deadline:
+    time.sleep(0.05)
+  assert os.path.exists(path), f"the run never reached {what}"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-  """A tiny base policy (a few pretraining steps) shared by the tests."""
-  d = tmp_path_factory.mktemp("base")
-  cfg = _config(workdir=str(d), **{"pretrain.steps": 40,
-                                   "pretrain.batch_size": 64,
-                                   "pretrain.eval_prompts": 4,
-                                   "pretrain.eval_samples": 2})
-  return pretrain.pretrain(cfg, progress=False)["path"]
+  """A tiny base policy shared by the tests."""
+  return tiny_base(tmp_path_factory.mktemp("base"), steps=40, eval_prompts=4)
 
 
 SHORT = dict(steps=4, prompts_per_step=8, ckpt_every=2, eval_every=2,
@@ -106,15 +123,9 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
   ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
   subprocess.run(_cmd(ref_dir, base), check=True, env=env, cwd=ROOT,
                  capture_output=True, timeout=600)
-  proc = subprocess.Popen(_cmd(run_dir, base), env=env, cwd=ROOT,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt4 = os.path.join(run_dir, "checkpoints", "4")
-  deadline = time.time() + 300
-  while not os.path.isdir(ckpt4) and time.time() < deadline:
-    time.sleep(0.05)
-  assert os.path.isdir(ckpt4), "the run never reached its step-4 checkpoint"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when_exists(_cmd(run_dir, base), env,
+                   os.path.join(run_dir, "checkpoints", "4"),
+                   "its step-4 checkpoint")
   killed_at = len(_train_metrics(run_dir))
   assert killed_at < 8  # It really died before the end.
   subprocess.run(_cmd(run_dir, base), check=True, env=env, cwd=ROOT,
