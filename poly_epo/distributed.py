@@ -61,18 +61,32 @@ def process_block(mesh, n: int) -> tuple[int, int]:
   from poly_epo import sharding
   if jax.process_count() == 1:
     return 0, n
-  idx = sharding.batch_sharding(mesh, 1).addressable_devices_indices_map((n,))
-  starts = sorted({(s[0].start or 0) for s in idx.values()})
-  stops = sorted({(s[0].stop if s[0].stop is not None else n)
-                  for s in idx.values()})
-  start, stop = starts[0], stops[-1]
-  covered = sum(b - a for a, b in {(s[0].start or 0, s[0].stop or n)
-                                   for s in idx.values()})
-  if covered != stop - start:
-    raise ValueError("this process's devices do not hold one contiguous "
-                     "block of the batch; use a process-major device order "
-                     "(jax.make_mesh does)")
-  return start, stop
+  return sharding.process_row_blocks(mesh, n)[jax.process_index()]
+
+
+def prompt_blocks(mesh, prompts: int, num_samples: int) -> list[tuple]:
+  """Each process's [start, stop) of a step's prompts (equal blocks in
+  process order), checked against the mesh: process p's devices must hold
+  exactly the rows of its prompts' samples. Computed from the mesh's
+  devices, so it holds for abstract topologies as for live ones."""
+  from poly_epo import sharding
+  procs = sorted({d.process_index for d in mesh.devices.flat})
+  if prompts % len(procs):
+    raise ValueError(f"config.prompts_per_step={prompts} does not split "
+                     f"over {len(procs)} processes")
+  per = prompts // len(procs)
+  blocks = [(i * per, (i + 1) * per) for i in range(len(procs))]
+  if len(procs) == 1:
+    return blocks
+  rows = sharding.process_row_blocks(mesh, prompts * num_samples)
+  for i, p in enumerate(procs):
+    want = (blocks[i][0] * num_samples, blocks[i][1] * num_samples)
+    if rows[p] != want:
+      raise ValueError(
+          f"config.mesh: process {p}'s devices hold rows {rows[p]} of the "
+          f"batch, not its prompts' rows {want} (the mesh must be "
+          "process-major)")
+  return blocks
 
 
 def host_value(x) -> np.ndarray:

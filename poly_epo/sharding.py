@@ -12,6 +12,8 @@ and a 4B model on a pod.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
@@ -35,7 +37,17 @@ _PARAM_RULES = {
 
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
               devices=None) -> jax.sharding.Mesh:
-  """A (data, fsdp, tensor) mesh; errors name the config fields."""
+  """A (data, fsdp, tensor) mesh; errors name the config fields.
+
+  On one process the devices are laid out by `jax.make_mesh` (physical
+  topology order). When the devices belong to several processes (a
+  multi-host TPU slice, several GPU nodes) they are ordered process-major:
+  each process's devices form one contiguous run of the flattened
+  (data, fsdp) batch axes, in process order, so every host loads one
+  contiguous block of prompts; within a host the order is the physical
+  (ICI) one, with each `tensor` group made of neighbouring chips.
+  `data=0` means every device not used by fsdp x tensor.
+  """
   devices = list(devices if devices is not None else jax.devices())
   data = resolve_data_axis(data, fsdp, tensor, len(devices))
   sizes = {"mesh.data": data, "mesh.fsdp": fsdp, "mesh.tensor": tensor}
@@ -46,8 +58,71 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1,
     raise ValueError(
         f"config.mesh.data x fsdp x tensor = {data} x {fsdp} x {tensor} = "
         f"{data * fsdp * tensor}, but there are {len(devices)} devices")
-  return jax.make_mesh((data, fsdp, tensor), AXES, devices=devices,
-                       axis_types=(AxisType.Auto,) * 3)
+  types = (AxisType.Auto,) * 3
+  if len({d.process_index for d in devices}) == 1:
+    return jax.make_mesh((data, fsdp, tensor), AXES, devices=devices,
+                         axis_types=types)
+  grid = process_major_devices(devices, tensor)
+  return jax.sharding.Mesh(grid.reshape(data, fsdp, tensor), AXES,
+                           axis_types=types)
+
+
+def _physical_key(d):
+  coords = tuple(getattr(d, "coords", None) or ())
+  return (tuple(reversed(coords)), getattr(d, "core_on_chip", 0), d.id)
+
+
+def process_major_devices(devices, tensor: int) -> np.ndarray:
+  """Devices as a [rows, tensor] array: processes in index order, each
+  process's devices in physical order (x fastest, so a tensor group is a run
+  of neighbouring chips). Raises when a tensor group would span hosts: a
+  batch row would then belong to several processes."""
+  by_proc: dict[int, list] = {}
+  for d in devices:
+    by_proc.setdefault(d.process_index, []).append(d)
+  counts = {len(v) for v in by_proc.values()}
+  if len(counts) != 1:
+    raise ValueError("config.mesh: processes hold different numbers of "
+                     f"devices ({sorted(counts)}); cannot split the batch")
+  per = counts.pop()
+  if per % tensor:
+    raise ValueError(
+        f"config.mesh.tensor={tensor} must divide the {per} devices of each "
+        "process (a tensor group spanning hosts would give one batch row to "
+        "several processes); use tensor parallelism within a host")
+  order = [d for p in sorted(by_proc)
+           for d in sorted(by_proc[p], key=_physical_key)]
+  return np.array(order, dtype=object).reshape(-1, tensor)
+
+
+def process_row_blocks(mesh, n: int) -> dict[int, tuple[int, int]]:
+  """{process index: [start, stop)} of the rows of an n-row batch laid out
+  over the mesh's batch axes; raises ValueError naming the process whose
+  rows are not one contiguous block, or blocks out of process order. Works
+  on any devices (abstract TPU topologies included), not only this
+  process's."""
+  idx = batch_sharding(mesh, 1).devices_indices_map((n,))
+  spans: dict[int, set] = {}
+  for dev, index in idx.items():
+    s = index[0]
+    spans.setdefault(dev.process_index, set()).add(
+        (s.start or 0, n if s.stop is None else s.stop))
+  blocks = {}
+  for proc, runs in spans.items():
+    runs = sorted(runs)
+    start, stop = runs[0][0], runs[-1][1]
+    if sum(b - a for a, b in runs) != stop - start:
+      raise ValueError(
+          f"config.mesh: process {proc}'s devices do not hold one contiguous "
+          "block of the batch (the mesh must be process-major; "
+          "sharding.make_mesh builds one)")
+    blocks[proc] = (start, stop)
+  ordered = [blocks[p] for p in sorted(blocks)]
+  if any(a[1] != b[0] for a, b in zip(ordered, ordered[1:])) or \
+      ordered[0][0] != 0 or ordered[-1][1] != n:
+    raise ValueError("config.mesh: the processes' blocks of the batch are "
+                     f"not in process order ({ordered})")
+  return blocks
 
 
 def resolve_data_axis(data: int, fsdp: int, tensor: int, n_devices: int
@@ -153,7 +228,13 @@ def local_rows(mesh, x) -> np.ndarray:
 
 
 def _to_batch_layout(mesh, x):
-  return jax.jit(lambda y: y, out_shardings=batch_sharding(mesh, x.ndim))(x)
+  return _relayout(batch_sharding(mesh, x.ndim))(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _relayout(target: NamedSharding):
+  """One jitted identity per target layout (built once, not per call)."""
+  return jax.jit(lambda y: y, out_shardings=target)
 
 
 def host_local_to_global(mesh, tree):

@@ -212,14 +212,8 @@ def setup(cfg, progress: bool):
       recompute_old_logprobs=_recompute(cfg),
       logprob_chunk=cfg.model.logprob_chunk,
       loss_options=loss_options(cfg))
-  procs, me = jax.process_count(), jax.process_index()
-  per = cfg.prompts_per_step // procs
-  block = (me * per, (me + 1) * per)
-  rows = cfg.prompts_per_step * cfg.num_samples
-  if procs > 1 and distributed.process_block(mesh, rows) != (
-      block[0] * cfg.num_samples, block[1] * cfg.num_samples):
-    raise ValueError("config.mesh: this process's devices do not hold its "
-                     "block of the batch (the mesh must be process-major)")
+  block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
+                                   cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
   run = Run(cfg, task, make_judge(cfg), mesh, tok, graphdef, rest, update_fn,
             jax.random.key(cfg.seed), block)
