@@ -1,10 +1,12 @@
 """Policy folders and training checkpoints.
 
 A policy folder `path/` holds `params/` (Orbax), `model_config.json`,
-`tokenizer/` (`save_pretrained`) and `meta.json` (free-form: task, steps,
-metrics). It is written under a temporary name and renamed, so a killed save
-never leaves a half-written policy behind. On several processes the Orbax
-write is collective and the main process writes the rest and renames.
+`tokenizer/` (`save_pretrained`), `meta.json` (free-form: task, steps,
+metrics) and, written last, the completion marker (`storage.COMPLETE`): a
+killed save leaves a folder that `load_policy` refuses, never one that looks
+whole. No directory renames, so it works the same on local disks, gcsfuse
+and `gs://` (any `etils.epath` path). On several processes the Orbax write
+is collective and the main process writes the rest.
 
 `load_policy(path, mesh=...)` restores every parameter directly with its
 `NamedSharding` and target dtype: no whole-model copy on one device.
@@ -16,15 +18,13 @@ write is collective and the main process writes the rest and renames.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from poly_epo import distributed, sharding
+from poly_epo import distributed, sharding, storage
 from poly_epo.models.config import ModelConfig
 from poly_epo.models.transformer import Transformer
 from poly_epo.tokenizer import load_tokenizer
@@ -43,36 +43,32 @@ def config_from_dict(d: dict) -> ModelConfig:
 
 def save_policy(path: str, model: Transformer, tokenizer, meta: dict | None
                 = None) -> str:
-  """Write a policy folder atomically (collective on several processes)."""
-  path = os.path.abspath(path)
-  tmp = path + ".tmp"
+  """Write a policy folder (collective on several processes); returns its
+  absolute path (or URL)."""
+  path = storage.absolute(path)
   if distributed.is_main():
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    storage.begin_folder(path)
   distributed.barrier("save_policy:start")
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(tmp, "params"), nnx.state(model, nnx.Param))
+    ckptr.save(storage.join(path, "params"), nnx.state(model, nnx.Param),
+               force=True)
   distributed.barrier("save_policy:params")
   if distributed.is_main():
-    with open(os.path.join(tmp, "model_config.json"), "w") as f:
-      json.dump(config_to_dict(model.cfg), f, indent=2)
-    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-      json.dump(meta or {}, f, indent=2)
-    if os.path.exists(path):
-      old = path + ".old"
-      shutil.rmtree(old, ignore_errors=True)
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, path)
+    storage.write_json(storage.join(path, "model_config.json"),
+                       config_to_dict(model.cfg))
+    tok_dir = storage.staging_dir(storage.join(path, "tokenizer"))
+    tokenizer.save_pretrained(tok_dir)
+    if storage.is_url(path):
+      storage.upload(tok_dir, storage.join(path, "tokenizer"))
+      shutil.rmtree(tok_dir, ignore_errors=True)
+    storage.write_json(storage.join(path, "meta.json"), meta or {})
+    storage.finish_folder(path, {"kind": "policy"})
   distributed.barrier("save_policy:done")
   return path
 
 
 def is_policy_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, "model_config.json"))
+  return storage.isfile(storage.join(path, "model_config.json"))
 
 
 def abstract_model(cfg: ModelConfig):
@@ -93,10 +89,11 @@ def load_policy(path: str, mesh=None, **config_overrides):
       (parameters are restored in it), dtype, remat, attention.
   """
   for name in ("params", "model_config.json", "tokenizer"):
-    if not os.path.exists(os.path.join(path, name)):
+    if not storage.exists(storage.join(path, name)):
       raise FileNotFoundError(f"policy checkpoint {path!r} has no {name}")
-  with open(os.path.join(path, "model_config.json")) as f:
-    cfg = config_from_dict(json.load(f)).replace(**config_overrides)
+  storage.check_folder(path, "policy checkpoint", require_marker=True)
+  cfg = config_from_dict(storage.read_json(
+      storage.join(path, "model_config.json"))).replace(**config_overrides)
   graphdef, abstract_params, rest = abstract_model(cfg)
   if mesh is None:
     shardings = jax.tree.map(
@@ -108,14 +105,13 @@ def load_policy(path: str, mesh=None, **config_overrides):
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       abstract_params, shardings)
   with ocp.StandardCheckpointer() as ckptr:
-    params = ckptr.restore(os.path.abspath(os.path.join(path, "params")),
+    params = ckptr.restore(storage.join(storage.absolute(path), "params"),
                            abstract_params)
   model = nnx.merge(graphdef, params, rest)
-  tokenizer = load_tokenizer(os.path.join(path, "tokenizer"))
-  meta = {}
-  if os.path.exists(os.path.join(path, "meta.json")):
-    with open(os.path.join(path, "meta.json")) as f:
-      meta = json.load(f)
+  tokenizer = load_tokenizer(storage.local_copy(storage.join(path,
+                                                             "tokenizer")))
+  meta_path = storage.join(path, "meta.json")
+  meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
   return model, tokenizer, meta
 
 
@@ -124,8 +120,10 @@ def load_any(path: str, mesh=None, **config_overrides):
   (config.json + safetensors + tokenizer files)."""
   if is_policy_dir(path):
     return load_policy(path, mesh, **config_overrides)
-  if os.path.isfile(os.path.join(path, "config.json")):
+  if storage.isfile(storage.join(path, "config.json")):
     from poly_epo.models.hf_io import load_hf
+    storage.check_folder(path, "Hugging Face folder", require_marker=False)
+    path = storage.local_copy(path)
     overrides = dict(config_overrides)
     overrides.setdefault("param_dtype", "float32")
     model = load_hf(path, overrides.pop("dtype", overrides["param_dtype"]),
@@ -142,7 +140,7 @@ class TrainCheckpoints:
   `keep`)."""
 
   def __init__(self, workdir: str, keep: int):
-    self.dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.dir = storage.join(storage.absolute(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
                                                        create=True))

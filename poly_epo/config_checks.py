@@ -3,11 +3,9 @@ names the config field."""
 
 from __future__ import annotations
 
-import os
-
 import jax
 
-from poly_epo import losses, set_rl, sharding, tasks
+from poly_epo import losses, set_rl, sharding, storage, tasks
 
 
 def check_config(cfg) -> None:
@@ -78,8 +76,9 @@ def check_config(cfg) -> None:
   need((seqs // chunks) % batch_shards == 0, "mesh.data",
        f"micro-batches of {seqs // chunks} sequences do not split over "
        f"data x fsdp = {batch_shards} devices")
+  need(cfg.lock_timeout_s > 0, "lock_timeout_s", "must be > 0")
   if cfg.base_policy:
-    need(os.path.isdir(cfg.base_policy), "base_policy",
+    need(storage.isdir(cfg.base_policy), "base_policy",
          f"no checkpoint folder at {cfg.base_policy!r}")
   need(cfg.export_dtype in ("", "float32", "bfloat16", "float16"),
        "export_dtype", "'', 'float32', 'bfloat16' or 'float16'")
@@ -99,5 +98,5 @@ def check_config(cfg) -> None:
   if cfg.judge.kind == "http":
     need(bool(cfg.judge.url), "judge.url", "the HTTP judge needs a base URL")
   if cfg.judge.kind == "inprocess":
-    need(os.path.isdir(cfg.judge.path), "judge.path",
+    need(storage.isdir(cfg.judge.path), "judge.path",
          f"no model folder at {cfg.judge.path!r}")

@@ -14,6 +14,11 @@ def base_config() -> ml_collections.ConfigDict:
   # on TPU VM pods and SLURM); with num_processes and process_id below.
   c.num_processes = 0  # Processes in the run (with coordinator_address).
   c.process_id = -1  # This process's index (with coordinator_address).
+  c.compilation_cache_dir = "auto"  # JAX's persistent compilation cache:
+  # auto = <workdir>/jax_cache for a gs:// workdir, else
+  # ~/.cache/poly_epo/jax_cache; "" = off; or a folder.
+  c.lock_timeout_s = 600.0  # A workdir lock whose holder has not
+  # heartbeaten for this long (a dead run on any host) is taken over.
 
   c.task = ml_collections.ConfigDict()
   c.task.name = "polynomial"  # A registered task (poly_epo.tasks).

@@ -15,12 +15,24 @@ On one process every helper degrades to the obvious single-host behaviour.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import json
 import os
+import secrets
+import signal
 import socket
+import threading
+import time
 
 import jax
 import numpy as np
+
+from poly_epo import storage
+
+# Seconds a process waits for the others at a start-up agreement (their
+# config checks, data loading, judge health check) before giving up.
+AGREE_TIMEOUT_S = float(os.environ.get("POLY_EPO_AGREE_TIMEOUT", "600"))
 
 
 def initialize(coordinator_address: str = "", num_processes: int = 0,
@@ -98,55 +110,204 @@ def host_value(x) -> np.ndarray:
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _kv():
+  """jax.distributed's key-value store (None on one process)."""
+  if jax.process_count() == 1:
+    return None
+  from jax._src import distributed as jd
+  return jd.global_state.client
+
+
+_calls = itertools.count()
+
+
+def allgather_objects(obj, name: str, timeout_s: float = AGREE_TIMEOUT_S
+                      ) -> list:
+  """Every process's JSON-able `obj`, in process order, through
+  jax.distributed's key-value store: no device, no compiled program, so it
+  works before the mesh exists and whatever failed on a host. Every process
+  must call it in the same order."""
+  client = _kv()
+  if client is None:
+    return [obj]
+  key = f"poly_epo/{next(_calls)}/{name}"
+  client.key_value_set(f"{key}/{jax.process_index()}", json.dumps(obj))
+  out = []
+  for p in range(jax.process_count()):
+    try:
+      raw = client.blocking_key_value_get(f"{key}/{p}", int(timeout_s * 1000))
+    except Exception as e:  # noqa: BLE001 - a dead or stuck process.
+      raise RuntimeError(f"{name}: process {p} did not answer within "
+                         f"{timeout_s:.0f} s ({e})") from None
+    out.append(json.loads(raw))
+  return out
+
+
+class StartupError(RuntimeError):
+  """One process's start-up error, raised on every process."""
+
+
+@contextlib.contextmanager
+def fail_together(stage: str):
+  """Run a start-up stage on every process, then agree: if it raised on any
+  process, every process raises the same one-line error (the first failing
+  process's) instead of the others waiting forever in the next collective.
+
+  Yields a dict: put a JSON-able "value" in it to have every process's
+  value in `box["all"]` afterwards (a broadcast for free). On one process
+  the stage's own exception propagates unchanged.
+  """
+  box = {"value": None}
+  err = None
+  try:
+    yield box
+  except Exception as e:  # noqa: BLE001 - shared, then re-raised.
+    err = e
+  if jax.process_count() == 1:
+    if err is not None:
+      raise err
+    box["all"] = [box["value"]]
+    return
+  mine = None if err is None else str(err).splitlines()[0] if str(err) \
+      else type(err).__name__
+  got = allgather_objects({"error": mine, "value": box["value"]}, stage)
+  for p, rec in enumerate(got):
+    if rec["error"] is not None:
+      msg = rec["error"]
+      raise StartupError(msg if p == jax.process_index() or len(got) == 1
+                         else f"{msg} (on process {p})") from None
+  box["all"] = [rec["value"] for rec in got]
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is True on any (collective)."""
+  return bool(allgather(np.array([bool(flag)])).any())
+
+
+class StopRequest:
+  """SIGTERM (pre-emption, SLURM's time limit, `kill`) asks the run to stop
+  at the next step boundary, after checkpointing; a second SIGTERM stops at
+  once. Processes agree on the step through `any_process`."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = None
+
+  def _handle(self, signum, frame):
+    if self.requested:  # Second signal: give up on the clean stop.
+      signal.signal(signal.SIGTERM, self._old or signal.SIG_DFL)
+      os.kill(os.getpid(), signal.SIGTERM)
+      return
+    self.requested = True
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+
+
+def shared_workdir_check(workdir: str, nonce: str) -> None:
+  """Every host must read back the nonce process 0 wrote into the workdir:
+  per-host local disks would scatter checkpoints and hang resumes."""
+  path = storage.join(workdir, ".poly_epo_nonce")
+  try:
+    seen = storage.read_text(path).strip()
+  except (OSError, FileNotFoundError):
+    seen = None
+  if seen != nonce:
+    raise RuntimeError(
+        f"config.workdir={workdir!r} is not shared: process "
+        f"{jax.process_index()} does not see the file process 0 wrote there "
+        "({path}); use storage every host sees (gs://..., NFS, Lustre)".format(
+            path=path))
+
+
+def write_nonce(workdir: str) -> str:
+  """Process 0's side of `shared_workdir_check`."""
+  nonce = secrets.token_hex(16)
+  storage.write_text(storage.join(workdir, ".poly_epo_nonce"), nonce)
+  return nonce
+
+
 class WorkdirLock:
   """`<workdir>/.lock` held by the main process for the life of a run.
 
-  A second run on the same workdir is refused, naming the holder; a lock
-  left by a dead process on this host is taken over.
+  A second run on the same workdir is refused, naming the holder. The holder
+  rewrites the lock's heartbeat every `timeout_s / 4` seconds; a lock whose
+  holder is a dead process on this host, or whose heartbeat is older than
+  `timeout_s` (a dead process on any host), is taken over. Works on any
+  storage (`gs://` included; there the take-over is best effort).
   """
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, ".lock")
+  def __init__(self, workdir: str, timeout_s: float = 600.0):
+    self.workdir = str(workdir)
+    self.path = storage.join(workdir, ".lock")
+    self.timeout_s = timeout_s
     self.held = False
+    self._stop = threading.Event()
+
+  def _record(self) -> str:
+    return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                       "heartbeat": time.time()})
 
   def acquire(self) -> "WorkdirLock":
     if not is_main():
       return self
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
     for _ in range(2):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-      except FileExistsError:
+      if not self._create():
         holder = self._holder()
         if holder is not None and not self._stale(holder):
           raise RuntimeError(
-              f"workdir {os.path.dirname(self.path)!r} is in use by another "
-              f"run (pid {holder.get('pid')} on {holder.get('host')}; lock "
-              f"file {self.path}). Wait for it, or delete the lock file if "
-              "that run is gone.") from None
-        try:
-          os.remove(self.path)  # Stale: its process is gone.
-        except FileNotFoundError:
-          pass
+              f"workdir {self.workdir!r} is in use by "
+              f"another run (pid {holder.get('pid')} on "
+              f"{holder.get('host')}; lock file {self.path}). Wait for it, "
+              "or delete the lock file if that run is gone.")
+        storage.remove(self.path)  # Stale: its process is gone.
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(me, f)
       self.held = True
       atexit.register(self.release)
+      threading.Thread(target=self._beat, daemon=True).start()
       return self
     raise RuntimeError(f"could not take the workdir lock {self.path}")
 
+  def _create(self) -> bool:
+    if storage.is_url(self.path):
+      if storage.exists(self.path):
+        return False
+      storage.write_text(self.path, self._record())
+      return True
+    try:
+      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(self._record())
+    return True
+
+  def _beat(self) -> None:
+    while not self._stop.wait(max(self.timeout_s / 4, 0.05)):
+      if self.held:
+        try:
+          storage.write_text(self.path, self._record())
+        except OSError:
+          pass
+
   def _holder(self):
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return json.loads(storage.read_text(self.path))
     except (OSError, ValueError):
       return None
 
-  @staticmethod
-  def _stale(holder) -> bool:
+  def _stale(self, holder) -> bool:
+    beat = holder.get("heartbeat")
+    if isinstance(beat, (int, float)) and time.time() - beat > self.timeout_s:
+      return True  # No heartbeat for too long: dead, wherever it ran.
     if holder.get("host") != socket.gethostname():
-      return False  # Another host's process: cannot tell; assume alive.
+      return False
     try:
       os.kill(int(holder.get("pid", -1)), 0)
     except ProcessLookupError:
@@ -156,11 +317,12 @@ class WorkdirLock:
     return False
 
   def release(self) -> None:
+    self._stop.set()
     if self.held:
       self.held = False
       try:
-        os.remove(self.path)
-      except FileNotFoundError:
+        storage.remove(self.path)
+      except OSError:
         pass
 
   def __enter__(self):

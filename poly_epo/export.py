@@ -4,14 +4,15 @@ Converts a saved policy (`checkpointing.save_policy` folder: the trainer's
 `<workdir>/policy`, a pretrained base, ...) into a Hugging Face folder that
 transformers, vLLM and SGLang load: `model.safetensors` (or shards with an
 index), `config.json`, `generation_config.json` and the tokenizer. The folder
-is written under a temporary name and renamed. The trainer writes
-`<workdir>/policy_hf/` this way at the end of a run.
+is written in place between an in-progress marker and a completion marker
+(`storage.begin_folder` / `finish_folder`), so an interrupted export is
+refused by `checkpointing.load_any`, on local disks and `gs://` alike. The
+trainer writes `<workdir>/policy_hf/` this way at the end of a run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 
@@ -25,20 +26,20 @@ def export_hf(model, tokenizer, out: str, *, dtype: str | None = None,
   Collective on several processes (parameters are gathered); only the main
   process writes. Returns the absolute path.
   """
+  from poly_epo import storage
   from poly_epo.models import save_hf
-  out = os.path.abspath(out)
-  tmp = out + ".tmp"
+  out = storage.absolute(out)
   if distributed.is_main():
-    shutil.rmtree(tmp, ignore_errors=True)
-  save_hf(model, tmp, dtype=dtype, max_shard_bytes=max_shard_bytes,
+    storage.begin_folder(out)
+  stage = storage.staging_dir(out) if distributed.is_main() else out
+  save_hf(model, stage, dtype=dtype, max_shard_bytes=max_shard_bytes,
           tokenizer=tokenizer)
   if distributed.is_main():
-    old = out + ".old"
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.exists(out):
-      os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if stage != out:
+      storage.upload(stage, out)
+      shutil.rmtree(stage, ignore_errors=True)
+    storage.finish_folder(out, {"kind": "huggingface",
+                                "dtype": dtype or model.cfg.param_dtype})
   distributed.barrier("export_hf")
   return out
 

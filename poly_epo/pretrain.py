@@ -10,7 +10,6 @@ answers, the starting point of RL. Seeded and deterministic on CPU.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -23,7 +22,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from poly_epo import checkpointing, evaluate, tasks
+from poly_epo import checkpointing, evaluate, storage, tasks
 from poly_epo.logprobs import token_logprobs
 from poly_epo.models import init_model, preset
 from poly_epo.tokenizer import char_tokenizer
@@ -120,7 +119,7 @@ def pretrain(cfg, progress: bool = True) -> dict:
              "heldout_distinct_correct": ev["distinct_correct"],
              "heldout_pass@k": {str(k): v for k, v in ev["pass@k"].items()},
              "eval_prompts": pc.eval_prompts, "eval_samples": m}
-  path = checkpointing.save_policy(os.path.join(cfg.workdir, "base"), model,
+  path = checkpointing.save_policy(storage.join(cfg.workdir, "base"), model,
                                    tokenizer, meta=summary)
   summary["path"] = path
   summary["total_seconds"] = time.perf_counter() - t_start

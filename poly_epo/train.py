@@ -42,7 +42,7 @@ def main(argv):
     if os.environ.get("POLY_EPO_TRACEBACK"):
       raise
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return 143 if isinstance(e, trainer.Preempted) else 1
   if distributed.is_main():
     print(trainer.format_table(summary))
     print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "

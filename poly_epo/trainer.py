@@ -15,8 +15,6 @@ started again with the same command continues with the same metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 
 import jax
@@ -24,9 +22,10 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from poly_epo import (checkpointing, config_checks, distributed, evaluate,
-                      export, judges, metrics, pretrain, rollout, set_rl,
-                      sharding, tasks, update)
+from poly_epo import (checkpointing, compile_cache, config_checks,
+                      distributed, evaluate, export, judges, metrics,
+                      pretrain, rollout, set_rl, sharding, storage, tasks,
+                      update)
 from poly_epo.metrics_writer import MetricsWriter
 from poly_epo.tokenizer import chat_format, decode_completions, encode_prompts
 
@@ -35,7 +34,8 @@ from poly_epo.tokenizer import chat_format, decode_completions, encode_prompts
 RESUMABLE_FIELDS = ("steps", "eval_every", "ckpt_every", "keep_checkpoints",
                     "progress", "coordinator_address", "num_processes",
                     "process_id", "distributed", "export_hf", "judge.url",
-                    "judge.timeout", "judge.max_concurrency")
+                    "judge.timeout", "judge.max_concurrency",
+                    "compilation_cache_dir", "lock_timeout_s")
 
 
 def _flat_config(cfg) -> dict:
@@ -54,49 +54,52 @@ def _flat_config(cfg) -> dict:
 
 
 def _write_json(obj, path: str) -> None:
-  """Atomic JSON write by the main process."""
+  """Atomic JSON write by the main process (any storage)."""
   if distributed.is_main():
-    with open(path + ".tmp", "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    storage.write_json(path, obj)
 
 
 def check_workdir(cfg) -> None:
-  """Refuse a workdir that belongs to a different config; record ours."""
-  os.makedirs(cfg.workdir, exist_ok=True)
-  path = os.path.join(cfg.workdir, "config.json")
-  mine = _flat_config(cfg)
-  if os.path.exists(path):
-    with open(path) as f:
-      theirs = json.load(f)
-    diff = sorted(k for k in set(mine) | set(theirs)
-                  if k not in RESUMABLE_FIELDS and mine.get(k) != theirs.get(k))
-    if diff:
-      raise ValueError(
-          f"workdir {cfg.workdir!r} holds a run of a different config "
-          f"(fields differ: {', '.join(diff[:8])}); use another "
-          "--config.workdir or delete it")
-  distributed.barrier("check_workdir")
-  _write_json(mine, path)
+  """Refuse a workdir that belongs to a different config (every process
+  reads the shared config.json; nothing is written here)."""
+  path = storage.join(cfg.workdir, "config.json")
+  if not storage.exists(path):
+    return
+  mine, theirs = _flat_config(cfg), storage.read_json(path)
+  diff = sorted(k for k in set(mine) | set(theirs)
+                if k not in RESUMABLE_FIELDS and mine.get(k) != theirs.get(k))
+  if diff:
+    raise ValueError(
+        f"workdir {cfg.workdir!r} holds a run of a different config "
+        f"(fields differ: {', '.join(diff[:8])}); use another "
+        "--config.workdir or delete it")
 
 
 def make_judge(cfg):
   """The configured LM judge, checked at start-up (endpoint answers, or the
-  in-process model's context holds N responses), or None (task labels)."""
+  in-process model's context holds N responses), or None (task labels).
+
+  On several processes the HTTP judge's `max_concurrency` is the run's, split
+  over the processes, and its cache is the run's shared
+  `<workdir>/judge_cache/`; the in-process judge lives on this host's
+  devices in the compute dtype."""
   j = cfg.judge
   if j.kind == "http":
-    cache = os.path.join(cfg.workdir, "judge_cache.jsonl") \
-        if distributed.is_main() else None
+    per_process = -(-j.max_concurrency // jax.process_count())
     judge = judges.HttpJudge(j.url, j.model, timeout=j.timeout,
-                             max_concurrency=j.max_concurrency,
+                             max_concurrency=max(per_process, 1),
                              max_tokens=j.max_reply_tokens,
                              max_response_tokens=j.max_response_tokens,
-                             cache_path=cache)
+                             cache_dir=storage.join(cfg.workdir,
+                                                    "judge_cache"))
     judge.health_check()
     return judge
   if j.kind == "inprocess":
-    judge = judges.InProcessJudge(j.path, max_new_tokens=j.max_reply_tokens,
-                                  max_response_tokens=j.max_response_tokens)
+    local = jax.local_devices()
+    judge = judges.InProcessJudge(
+        j.path, max_new_tokens=j.max_reply_tokens,
+        max_response_tokens=j.max_response_tokens, dtype=cfg.model.dtype,
+        mesh=sharding.make_mesh(1, len(local), 1, devices=local))
     judge.check_budget(cfg.num_samples)
     return judge
   return None
@@ -143,8 +146,8 @@ def base_policy(cfg, mesh=None, progress: bool = True):
   """(model, tokenizer): `config.base_policy` (a policy or Hugging Face
   folder), or <workdir>/base, pretrained there first when missing (embedded
   tasks), loaded straight onto the mesh in the config's dtypes."""
-  path = cfg.base_policy or os.path.join(cfg.workdir, "base")
-  if not os.path.isdir(path):
+  path = cfg.base_policy or storage.join(cfg.workdir, "base")
+  if not storage.isdir(path):
     if cfg.base_policy:
       raise FileNotFoundError(f"config.base_policy: no folder {path!r}")
     if distributed.is_main():
@@ -191,9 +194,8 @@ class Run:
     return nnx.merge(self.graphdef, params, self.rest)
 
 
-def setup(cfg, progress: bool):
+def setup(cfg, progress: bool, task, judge):
   """Build the run and its initial (params, opt_state)."""
-  task = tasks.get(cfg.task.name, **dict(cfg.task.options))
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
   model, tok = base_policy(cfg, mesh, progress)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -215,7 +217,7 @@ def setup(cfg, progress: bool):
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
-  run = Run(cfg, task, make_judge(cfg), mesh, tok, graphdef, rest, update_fn,
+  run = Run(cfg, task, judge, mesh, tok, graphdef, rest, update_fn,
             jax.random.key(cfg.seed), block)
   return run, params, opt_state
 
@@ -380,17 +382,41 @@ def log_eval(log, step: int, results: dict) -> None:
 
 
 def train(cfg) -> dict:
-  """Run (or resume) RL training; returns the final summary."""
-  config_checks.check_config(cfg)
-  os.makedirs(cfg.workdir, exist_ok=True)
-  with distributed.WorkdirLock(cfg.workdir):
-    check_workdir(cfg)
-    return _train(cfg)
+  """Run (or resume) RL training; returns the final summary.
+
+  Start-up runs in stages that every process agrees on
+  (`distributed.fail_together`): an error on any host (config, lock,
+  unshared workdir, data, base policy, judge health check) stops every
+  process with the same one-line message. SIGTERM stops the run after the
+  current step, with a checkpoint, so the same command resumes it."""
+  lock = distributed.WorkdirLock(cfg.workdir, cfg.lock_timeout_s)
+  try:
+    with distributed.fail_together("config and workdir lock") as box:
+      config_checks.check_config(cfg)
+      storage.makedirs(cfg.workdir)
+      lock.acquire()
+      if distributed.is_main():
+        box["value"] = distributed.write_nonce(cfg.workdir)
+    with distributed.fail_together("workdir, data and judge"):
+      distributed.shared_workdir_check(cfg.workdir, box["all"][0])
+      check_workdir(cfg)
+      task = tasks.get(cfg.task.name, **dict(cfg.task.options))
+      judge = make_judge(cfg)
+    _write_json(_flat_config(cfg), storage.join(cfg.workdir, "config.json"))
+    compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir)
+    with distributed.StopRequest() as stop:
+      return _train(cfg, task, judge, stop)
+  finally:
+    lock.release()
 
 
-def _train(cfg) -> dict:
+class Preempted(RuntimeError):
+  """The run stopped on SIGTERM after checkpointing; rerun to resume."""
+
+
+def _train(cfg, task, judge, stop) -> dict:
   progress = cfg.get("progress", True) and distributed.is_main()
-  run, params, opt_state = setup(cfg, progress)
+  run, params, opt_state = setup(cfg, progress, task, judge)
   ckpts = checkpointing.TrainCheckpoints(cfg.workdir, cfg.keep_checkpoints)
   start = ckpts.latest_step() or 0
   if start:
@@ -400,15 +426,16 @@ def _train(cfg) -> dict:
   log = MetricsWriter(cfg.workdir, start)
   heldout = run.task.eval_sets(cfg.seed, cfg.eval_prompts)
 
-  base_eval_path = os.path.join(cfg.workdir, "base_eval.json")
+  base_eval_path = storage.join(cfg.workdir, "base_eval.json")
   base_eval = None
   if heldout:
-    if os.path.exists(base_eval_path):
-      with open(base_eval_path) as f:
-        base_eval = json.load(f)
+    # Every process sees the same shared file, so all skip or all evaluate.
+    if storage.exists(base_eval_path):
+      base_eval = storage.read_json(base_eval_path)
     else:
       base_eval = run_eval(run, params, heldout)
       _write_json(base_eval, base_eval_path)
+    distributed.barrier("base_eval")
 
   nan_run = 0
   watch = JudgeWatch(cfg.judge.max_failed_fraction, cfg.judge.failure_window)
@@ -420,6 +447,9 @@ def _train(cfg) -> dict:
     out = rollout_step(run, params, tokens, mask, step)
     t_sample = time.perf_counter() - t0
     rewards, labels, valid, statuses = score_step(run, prompts, out)
+    if run.judge is not None:
+      run.judge.flush(f"step_{step:07d}")  # Shared cache: same labels on
+      # resume.
     adv = advantages_step(run, rewards, labels, valid, step)
     t1 = time.perf_counter()
     params, opt_state, upd = update_step(run, params, opt_state, tokens, mask,
@@ -439,11 +469,18 @@ def _train(cfg) -> dict:
     bar.set_postfix(reward=f"{row['reward_mean']:.2f}",
                     distinct=f"{row['distinct_correct']:.2f}")
     done = step + 1
+    stopping = distributed.any_process(stop.requested) and done < cfg.steps
     if cfg.eval_every and heldout and done % cfg.eval_every == 0 and \
         done < cfg.steps:
       log_eval(log, done, run_eval(run, params, heldout))
-    if done % cfg.ckpt_every == 0 or done == cfg.steps:
+    if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
       ckpts.save(done, params, opt_state)
+    if stopping:
+      ckpts.close()
+      log.close()
+      raise Preempted(f"stopped by SIGTERM after step {done} (checkpoint "
+                      f"saved in {ckpts.dir}); run the same command to "
+                      "resume")
   ckpts.close()
   return finish(run, params, heldout, base_eval, log)
 
@@ -457,12 +494,12 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
   log.close()
   model = run.model(params)
   policy_dir = checkpointing.save_policy(
-      os.path.join(cfg.workdir, "policy"), model, run.tok,
+      storage.join(cfg.workdir, "policy"), model, run.tok,
       meta={"algorithm": cfg.algorithm, "steps": cfg.steps, "eval": final})
   hf_dir = None
   if cfg.export_hf:
     hf_dir = export.export_hf(model, run.tok,
-                              os.path.join(cfg.workdir, "policy_hf"),
+                              storage.join(cfg.workdir, "policy_hf"),
                               dtype=cfg.export_dtype or None)
   first = lambda d: next(iter(d.values())) if d else None
   summary = {"base": first(base_eval), "trained": first(final),
@@ -470,7 +507,7 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
              "workdir": cfg.workdir,
              "policy": policy_dir, "policy_hf": hf_dir,
              "algorithm": cfg.algorithm, "eval_samples": cfg.eval_samples}
-  _write_json(summary, os.path.join(cfg.workdir, "summary.json"))
+  _write_json(summary, storage.join(cfg.workdir, "summary.json"))
   return summary
 
 

@@ -110,14 +110,15 @@ def _judge(url, **kw):
 
 def test_http_good_and_cache(server, tmp_path):
   _Handler.script[:] = ["good"]
-  cache = str(tmp_path / "cache.jsonl")
-  j = _judge(server, cache_path=cache)
+  cache = str(tmp_path / "judge_cache")
+  j = _judge(server, cache_dir=cache)
   res = j.cluster("p", ["a", "b", "c", "d"])
   assert res == judges.JudgeResult([0, 1, 0, 1], True, "ok")
   n_requests = len(_Handler.requests)
   assert j.cluster("p", ["a", "b", "c", "d"]).labels == [0, 1, 0, 1]
   assert len(_Handler.requests) == n_requests  # Served from the cache.
-  again = _judge(server, cache_path=cache)  # A resumed run reads the file.
+  j.flush("step_0000000")
+  again = _judge(server, cache_dir=cache)  # A resumed run reads the files.
   assert again.cluster("p", ["a", "b", "c", "d"]).status == "ok"
   assert len(_Handler.requests) == n_requests
   assert again.counts["cache_hit"] == 1

@@ -48,6 +48,10 @@ class Judge:
   def complete(self, prompt_text: str) -> str:
     raise NotImplementedError
 
+  def flush(self, name: str) -> None:
+    """Persist judgements made since the last flush (collective on several
+    processes; a no-op for judges without a cache)."""
+
   def prepare(self, response: str) -> str:
     """The response as the judge sees it (cut to the budget)."""
     return head_and_tail(response, self.max_response_tokens * CHARS_PER_TOKEN)

@@ -3,9 +3,11 @@
 Timeout per request, retries with exponential backoff on connection errors,
 timeouts, 429 and 5xx, a concurrency limit, JSON mode (`response_format`)
 when the endpoint supports it, a start-up health check, and a cache keyed by
-the exact request (in memory, plus a JSONL file when `cache_path` is given),
-so a resumed run never pays for the same judgement twice. Standard library
-only.
+the exact request: in memory, and, with `cache_dir`, a folder shared by the
+whole run (any storage, `gs://` included) that every process reads at start
+and process 0 extends at each `flush` with the judgements every process made
+since the last one (one file per flush: object stores cannot append). A
+resumed run therefore gets the same labels, and never pays twice.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 
+from poly_epo import distributed, storage
 from poly_epo.judges.base import Judge
 
 
@@ -26,7 +29,7 @@ class HttpJudge(Judge):
   def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
                timeout: float = 60.0, max_retries: int = 3,
                backoff: float = 1.0, max_concurrency: int = 8,
-               max_tokens: int = 1024, cache_path: str | None = None,
+               max_tokens: int = 1024, cache_dir: str | None = None,
                max_response_tokens: int = 4096, json_mode: bool = True):
     super().__init__(max_response_tokens)
     self.base_url = base_url.rstrip("/")
@@ -39,19 +42,33 @@ class HttpJudge(Judge):
     self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
     self.max_concurrency = max_concurrency
     self.max_tokens = max_tokens
-    self.cache_path = cache_path
+    self.cache_dir = cache_dir
     self._cache: dict[str, str] = {}
+    self._pending: list[dict] = []
     self._lock = threading.Lock()
-    if cache_path:
-      os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
-    if cache_path and os.path.exists(cache_path):
-      with open(cache_path) as f:
-        for line in f:
+    if cache_dir and storage.isdir(cache_dir):
+      for f in sorted(storage.Path(cache_dir).glob("*.jsonl")):
+        for line in f.read_text().splitlines():
           try:
             rec = json.loads(line)
             self._cache[rec["key"]] = rec["reply"]
-          except (json.JSONDecodeError, KeyError):
-            continue  # A torn last line from a killed run.
+          except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # A torn line.
+
+  def flush(self, name: str) -> None:
+    """Gather every process's new judgements; process 0 writes them to
+    `<cache_dir>/<name>.jsonl` (atomically); all processes keep them."""
+    with self._lock:
+      new, self._pending = self._pending, []
+    merged = [r for recs in distributed.allgather_objects(new, "judge_cache")
+              for r in recs]
+    with self._lock:
+      for r in merged:
+        self._cache.setdefault(r["key"], r["reply"])
+    if self.cache_dir and merged and distributed.is_main():
+      storage.makedirs(self.cache_dir)
+      storage.write_text(storage.join(self.cache_dir, f"{name}.jsonl"),
+                         "".join(json.dumps(r) + "\n" for r in merged))
 
   def _body(self, prompt_text: str, max_tokens: int | None = None,
             json_mode: bool | None = None) -> bytes:
@@ -86,9 +103,7 @@ class HttpJudge(Judge):
     reply = self._post(body)
     with self._lock:
       self._cache[key] = reply
-      if self.cache_path:
-        with open(self.cache_path, "a") as f:
-          f.write(json.dumps({"key": key, "reply": reply}) + "\n")
+      self._pending.append({"key": key, "reply": reply})
     return reply
 
   def _post(self, body: bytes, retries: int | None = None) -> str:

@@ -1,12 +1,15 @@
 """LM judge run in-process on a local Hugging Face model through our sampler
 (the paper's judge is a 4B instruct model). Greedy decoding; the tokenizer's
-chat template is used when it has one."""
+chat template is used when it has one. On a pod each process judges its own
+prompts, so the judge lives on this host's devices (`mesh`: a mesh of
+`jax.local_devices()`, FSDP-sharded there) in the run's compute dtype;
+`poly_epo.plan` counts it."""
 
 from __future__ import annotations
 
 import jax
 
-from poly_epo import sampling
+from poly_epo import sampling, storage
 from poly_epo.judges.base import Judge
 from poly_epo.judges.rubric import CUT_MARKER, build_prompt
 from poly_epo.models import load_hf
@@ -19,9 +22,11 @@ class InProcessJudge(Judge):
   start-up when N responses of `max_response_tokens` cannot fit."""
 
   def __init__(self, path: str, *, max_new_tokens: int = 1024,
-               dtype: str = "float32", max_response_tokens: int = 4096):
+               dtype: str = "float32", max_response_tokens: int = 4096,
+               mesh=None):
     super().__init__(max_response_tokens)
-    self.model = load_hf(path, dtype=dtype)
+    path = storage.local_copy(path)
+    self.model = load_hf(path, dtype=dtype, mesh=mesh)
     self.tokenizer = load_tokenizer(path)
     self.max_new_tokens = max_new_tokens
     self.max_prompt_tokens = (self.model.cfg.max_position_embeddings
