@@ -5,14 +5,15 @@ judge. Needs local paths (nothing is downloaded) and accelerators:
         --config.base_policy=/ckpt/qwen3-4b-base-policy \
         --config.task.options.path=/data/polaris-53k.parquet \
         --config.judge.url=http://localhost:8000/v1 \
-        --config.judge.model=Qwen3-4B-Instruct-2507 \
-        --config.mesh.fsdp=8
+        --config.judge.model=Qwen3-4B-Instruct-2507
 
 `base_policy` is a Hugging Face folder (config.json + safetensors +
 tokenizer) or a `checkpointing.save_policy` folder; either is loaded straight
 onto the mesh. Check memory first, without weights or accelerators:
 
     python -m poly_epo.plan --config configs/qwen3_4b_polaris.py --chip h100
+    python -m poly_epo.plan --config configs/qwen3_4b_polaris.py --chip v5p \
+        --devices 64   # the TPU compiler (pip install -e ".[tpu]")
 
 Field meanings: poly_epo/config_defaults.py.
 """
@@ -47,14 +48,15 @@ def get_config():
   c.model.attention_chunk = 512  # [rows, 32, 512, 5120] scores at a time.
   c.model.logprob_chunk = 512  # [S, 512, 151936] f32 logits at a time.
   c.recompute_old_logprobs = "auto"  # On (bf16 compute), as verl does.
-  c.rollout.chunk_prompts = 32  # KV cache of 32 x 8 rows x 5,120 positions.
+  c.rollout.chunk_prompts = 0  # Derived: the most prompts whose KV cache
+  # (x 8 rows x 5,120 positions) fits (64 on 8 v5p / H100 chips).
   c.algorithm = "polyepo"
   c.set_size = 4  # n = 4.
   c.num_samples = 8  # N = 8 (70 sets).
   c.prompts_per_step = 128  # 128 prompts per rollout batch...
   c.num_minibatches = 2  # ...in 2 minibatches of 64 (2 optimizer steps).
-  c.num_microbatches = 64  # 8 sequences per micro-batch (1 per device on
-  # 8 devices); `python -m poly_epo.plan` finds the smallest that fits.
+  c.num_microbatches = 0  # Derived from the devices and their memory;
+  # `python -m poly_epo.plan` shows the choice and what the compiler needs.
   c.max_prompt_tokens = 1024
   c.max_new_tokens = 4096
   c.temperature = 1.0
@@ -74,5 +76,6 @@ def get_config():
   c.eval_prompts = 0  # Every problem of each eval set...
   c.eval_samples = 16  # ...16 samples each at temperature 1.0 (the authors').
   c.ckpt_every = 25
-  c.mesh.fsdp = 8
+  c.mesh.fsdp = 0  # Every device in FSDP: the same file runs on 8 or 64
+  # chips (0 = derive; see poly_epo/autoscale.py).
   return c

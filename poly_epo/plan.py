@@ -1,9 +1,15 @@
 """`python -m poly_epo.plan --config configs/<exp>.py [--devices N]
-[--chip v5e|v5p|v6e|h100|h200] [--json] [--config.field=value ...]`
+[--chip v5e|v5p|v6e|h100|h200] [--topology 2x2x2] [--json]
+[--config.field=value ...]`
 
-Will this run fit? Per device, with abstract shapes only (no weights, no
-accelerator: the programs are compiled for a forced-device CPU mesh of the
-config's shape):
+Will this run fit, and how long will a step take? Per device, with abstract
+shapes only (no weights, no accelerator). For TPU chips with the `tpu` extra
+installed (libtpu), the rollout and update programs are compiled ahead of
+time by the real TPU compiler for the topology's abstract devices
+(`jax.experimental.topologies`; default: the standard slice holding the
+chips), so memory and cost are the TPU compiler's (`"compiler": "tpu"`).
+Otherwise (GPU chips, or no libtpu) they are compiled for a forced-device
+CPU mesh of the config's shape (`"compiler": "xla-cpu"`):
 
 - `params` (f32 master weights), `optimizer` (AdamW state), `gradients`,
   `sampler_params` (the compute-dtype copy the rollout uses) and `kv_cache`
@@ -19,6 +25,15 @@ sampler_params + kv_cache + rollout_temp and update = params + optimizer +
 update_temp; it FITS when the peak is under 90% of the chip's memory. The
 planner also reports the largest `rollout.chunk_prompts` and the smallest
 `num_microbatches` that fit, scaling the per-row parts linearly.
+
+Time: `estimated_seconds` of one decode step, one prefill chunk and one
+update micro-batch from the compiler's cost model (`cost_analysis()`: the
+TPU compiler's `optimal_seconds`; else the chip's roofline of flops and
+bytes accessed), and from them the rollout (chunks x (prefill + max_new_tokens
+decode steps): every row decodes to the cap), the update (minibatches x
+micro-batches) and one RL step. Fields set to 0 = derive (`mesh.fsdp`,
+`num_microbatches`, `rollout.chunk_prompts`) are filled for the devices and
+memory (`poly_epo.autoscale`) and reported under `derived`.
 
 Model shapes: `base_policy` (policy or Hugging Face folder) when it exists,
 else `model.preset` (qwen3-0.6b, qwen3-1.7b, qwen3-4b, qwen3-8b, tiny, ...).
@@ -43,6 +58,15 @@ CHIPS = {
     "h200": 139 * 2**30,
 }
 HEADROOM = 0.9
+# (peak bf16 FLOP/s, HBM bytes/s) per chip, for the roofline estimate.
+CHIP_SPEED = {
+    "v5e": (197e12, 819e9),
+    "v5p": (459e12, 2765e9),
+    "v6e": (918e12, 1640e9),
+    "h100": (989e12, 3350e9),
+    "h200": (989e12, 4800e9),
+}
+TPU_CHIPS = ("v5e", "v5p", "v6e")
 # XLA:CPU's default scheduler favours running independent ops concurrently
 # over reusing buffers (its temp sizes then grow with every layer, remat or
 # not); the memory-minimising schedule is what an accelerator compiler does.
@@ -62,22 +86,8 @@ def _tree_bytes(tree, shardings) -> int:
 
 
 def model_config(cfg):
-  """The ModelConfig the run would use (shapes from the base policy or the
-  preset, dtypes and memory options from the config)."""
-  from poly_epo import checkpointing
-  from poly_epo.models import ModelConfig, preset
-  path = cfg.base_policy
-  if path and checkpointing.is_policy_dir(path):
-    with open(os.path.join(path, "model_config.json")) as f:
-      mcfg = checkpointing.config_from_dict(json.load(f))
-  elif path and os.path.isfile(os.path.join(path, "config.json")):
-    mcfg = ModelConfig.from_hf_json(path)
-  else:
-    mcfg = preset(cfg.model.preset)
-  m = cfg.model
-  return mcfg.replace(param_dtype=m.param_dtype, dtype=m.dtype,
-                      remat=m.remat, attention=m.attention,
-                      attention_chunk=m.attention_chunk)
+  from poly_epo import autoscale
+  return autoscale.model_config(cfg)
 
 
 def _abstract(tree, shardings):
@@ -133,7 +143,8 @@ def rollout_memory(mcfg, mesh, rows_prompts: int, cfg) -> dict:
       temperature=float(cfg.temperature), top_k=int(cfg.top_k),
       top_p=float(cfg.top_p), eos_id=0, pad_id=0).compile()
   return {"kv_cache": _tree_bytes(cache_abs, cache_sh),
-          "rollout_temp": max(_temp(pre), _temp(dec))}
+          "rollout_temp": max(_temp(pre), _temp(dec))}, {"prefill_chunk": pre,
+                                                         "decode_step": dec}
 
 
 def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
@@ -173,29 +184,59 @@ def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
           "sampler_params": 0 if mcfg.dtype == mcfg.param_dtype
           else int(param_bytes * itemsize),
           "update_temp": _temp(compiled),
-          "num_params": mcfg.num_params}
+          "num_params": mcfg.num_params}, {"update_microbatch": compiled}
 
 
 def _divisors(n: int):
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def plan(cfg, chip: str = "h100") -> dict:
-  """The memory plan of `cfg` on the current (forced) devices."""
+def _cost(compiled, chip: str) -> dict:
+  """The compiler's cost model for one run of a program on one chip. Loop
+  bodies (the decode `while_loop`, the micro-batch `scan`) count once, so
+  a decode program's figure is one decode step and the update's is one
+  micro-batch (plus the optimizer step). `estimated_seconds`: the TPU
+  compiler's `optimal_seconds` when it gives one, else the roofline
+  max(flops / peak, bytes / bandwidth) of the chip."""
+  ca = compiled.cost_analysis() or {}
+  if isinstance(ca, (list, tuple)):
+    ca = ca[0] if ca else {}
+  flops = float(ca.get("flops", 0.0))
+  nbytes = float(ca.get("bytes accessed", 0.0))
+  peak, bw = CHIP_SPEED[chip]
+  roofline = max(flops / peak, nbytes / bw)
+  optimal = float(ca.get("optimal_seconds", 0.0) or 0.0)
+  est = optimal if optimal > 0 else roofline  # <= 0: no estimate given.
+  return {"flops": flops, "bytes_accessed": nbytes,
+          "roofline_seconds": roofline, "estimated_seconds": est}
+
+
+def plan(cfg, chip: str = "h100", devices=None) -> dict:
+  """The memory (and time) plan of `cfg` on `devices` (default: the current
+  ones; abstract TPU devices when the TPU compiler is used)."""
   import jax
-  from poly_epo import sharding
+  from poly_epo import autoscale, sharding, tpu_topology
   if chip not in CHIPS:
     raise ValueError(f"--chip={chip!r}: one of {', '.join(CHIPS)}")
-  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+  devices = list(devices if devices is not None else jax.devices())
+  compiler = "tpu" if devices[0].platform == "tpu" else "xla-cpu"
+  cap = CHIPS[chip]
   mcfg = model_config(cfg)
+  given = cfg
+  cfg = autoscale.resolve(cfg, len(devices), cap, mcfg,
+                          len({d.process_index for d in devices}))
+  mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
+                            devices=devices)
   b = cfg.prompts_per_step
   chunk = cfg.rollout.chunk_prompts or b
   micro = cfg.num_microbatches
-  per_dev = update_memory(mcfg, mesh, cfg, micro)
+  per_dev, programs = update_memory(mcfg, mesh, cfg, micro)
   num_params = per_dev.pop("num_params")
-  per_dev.update(rollout_memory(mcfg, mesh, chunk, cfg))
-  cap = CHIPS[chip]
-  fixed = per_dev["params"] + per_dev["optimizer"]
+  mem, more = rollout_memory(mcfg, mesh, chunk, cfg)
+  per_dev.update(mem)
+  programs.update(more)
+  per_dev["judge_params"] = judge_bytes(cfg, devices)
+  fixed = per_dev["params"] + per_dev["optimizer"] + per_dev["judge_params"]
 
   def rollout_peak(c):
     scale = c / chunk
@@ -217,16 +258,31 @@ def plan(cfg, chip: str = "h100") -> dict:
   micros = [m for m in _divisors(per_mini)
             if (per_mini // m) % rows_per_shard == 0]
   fit_micros = [m for m in micros if update_peak(m) <= HEADROOM * cap]
+  cost = {name: _cost(c, chip) for name, c in programs.items()}
+  est = {k: v["estimated_seconds"] for k, v in cost.items()}
+  n_chunks = -(-b // chunk)
+  rollout_s = n_chunks * (est["prefill_chunk"] +
+                          cfg.max_new_tokens * est["decode_step"])
+  update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
+      "compiler": compiler,
+      "compiler_note": (
+          "TPU compiler (libtpu), deviceless ahead-of-time compile for "
+          f"{tpu_topology.describe(devices)}" if compiler == "tpu" else
+          "XLA:CPU on forced host devices: an estimate of what an "
+          "accelerator's compiler allocates" + (
+              "; install the tpu extra (libtpu) for the TPU compiler's "
+              "figures" if chip in TPU_CHIPS else "")),
       "model": {k: getattr(mcfg, k) for k in (
           "model_type", "hidden_size", "num_layers", "num_heads",
           "num_kv_heads", "head_dim", "intermediate_size", "vocab_size",
           "param_dtype", "dtype", "remat", "attention", "attention_chunk")},
       "num_params": num_params,
-      "devices": jax.device_count(),
+      "devices": len(devices),
       "mesh": dict(mesh.shape),
       "chip": chip,
       "device_bytes": cap,
+      "derived": autoscale.derived_fields(given, cfg),
       "rollout_chunk_prompts": chunk,
       "num_microbatches": micro,
       "per_device_bytes": per_dev,
@@ -236,7 +292,27 @@ def plan(cfg, chip: str = "h100") -> dict:
       "fits": bool(peak <= HEADROOM * cap),
       "max_chunk_prompts": max(fit_chunks) if fit_chunks else None,
       "min_num_microbatches": min(fit_micros) if fit_micros else None,
+      "cost": cost,
+      "estimated_seconds": {
+          **est, "rollout": rollout_s, "update": update_s,
+          "rl_step": rollout_s + update_s},
   }
+
+
+def judge_bytes(cfg, devices) -> int:
+  """Per-device bytes of an in-process judge (compute dtype, sharded over
+  one host's devices); 0 for the task labels or an HTTP judge."""
+  if cfg.judge.kind != "inprocess" or not cfg.judge.path:
+    return 0
+  from poly_epo import storage
+  from poly_epo.models import ModelConfig
+  if not storage.isfile(storage.join(cfg.judge.path, "config.json")):
+    return 0
+  jcfg = ModelConfig.from_hf_json(storage.local_copy(cfg.judge.path))
+  per_host = sum(d.process_index == devices[0].process_index
+                 for d in devices)
+  item = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.model.dtype]
+  return int(jcfg.num_params * item / per_host)
 
 
 def format_plan(p: dict) -> str:
@@ -259,6 +335,17 @@ def format_plan(p: dict) -> str:
       f"{p['device_bytes'] / 2**30:.0f} GiB)",
       f"largest rollout.chunk_prompts that fits: {p['max_chunk_prompts']}; "
       f"smallest num_microbatches that fits: {p['min_num_microbatches']}"]
+  if p.get("derived"):
+    lines.append("derived: " + ", ".join(f"{k}={v}" for k, v in
+                                         p["derived"].items()))
+  e = p["estimated_seconds"]
+  lines += [
+      f"estimated time ({p['compiler']} cost model): decode step "
+      f"{e['decode_step'] * 1e3:.2f} ms, prefill chunk "
+      f"{e['prefill_chunk'] * 1e3:.1f} ms, update micro-batch "
+      f"{e['update_microbatch'] * 1e3:.1f} ms; rollout {e['rollout']:.0f} s "
+      f"+ update {e['update']:.0f} s = RL step {e['rl_step']:.0f} s",
+      f"compiler: {p['compiler_note']}"]
   return "\n".join(lines)
 
 
@@ -266,8 +353,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py).",
     lock_config=True)
 flags.DEFINE_integer("devices", 0, "devices to plan for (default: the "
-                     "config's mesh size)")
-flags.DEFINE_enum("chip", "h100", list(CHIPS), "accelerator memory to check")
+                     "config's mesh size, or the topology's chips)")
+flags.DEFINE_enum("chip", "h100", list(CHIPS), "accelerator to plan for")
+flags.DEFINE_string("topology", "", "TPU topology, e.g. 2x2x2 (default: the "
+                    "standard slice holding --devices chips)")
 flags.DEFINE_bool("json", False, "print one JSON object")
 
 
@@ -276,21 +365,26 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config=configs/<exp>.py is required")
-  n = flags.FLAGS.devices or max(cfg.mesh.data, 1) * cfg.mesh.fsdp * \
-      cfg.mesh.tensor
+  from poly_epo import tpu_topology
+  chip, f = flags.FLAGS.chip, flags.FLAGS
+  n = f.devices or (tpu_topology.chips(f.topology) if f.topology else 0) or (
+      max(cfg.mesh.data, 1) * max(cfg.mesh.fsdp, 1) * cfg.mesh.tensor)
   if "jax" in sys.modules:
     raise RuntimeError("poly_epo.plan must set the device count before "
                        "jax is imported")
   os.environ["JAX_PLATFORMS"] = "cpu"
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             f" --xla_force_host_platform_device_count={n}"
-                             + MEMORY_SCHEDULER_FLAG)
+  tpu = chip in TPU_CHIPS and tpu_topology.libtpu_available()
+  if not tpu:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={n}"
+                               + MEMORY_SCHEDULER_FLAG)
   try:
-    p = plan(cfg, flags.FLAGS.chip)
+    devices = tpu_topology.devices(chip, n, f.topology) if tpu else None
+    p = plan(cfg, chip, devices)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(json.dumps(p, indent=1) if flags.FLAGS.json else format_plan(p))
+  print(json.dumps(p, indent=1) if f.json else format_plan(p))
   return 0
 
 

@@ -391,7 +391,9 @@ def train(cfg) -> dict:
   current step, with a checkpoint, so the same command resumes it."""
   lock = distributed.WorkdirLock(cfg.workdir, cfg.lock_timeout_s)
   try:
+    given = cfg
     with distributed.fail_together("config and workdir lock") as box:
+      cfg = resolve_config(given)
       config_checks.check_config(cfg)
       storage.makedirs(cfg.workdir)
       lock.acquire()
@@ -399,15 +401,32 @@ def train(cfg) -> dict:
         box["value"] = distributed.write_nonce(cfg.workdir)
     with distributed.fail_together("workdir, data and judge"):
       distributed.shared_workdir_check(cfg.workdir, box["all"][0])
-      check_workdir(cfg)
+      check_workdir(given)
       task = tasks.get(cfg.task.name, **dict(cfg.task.options))
       judge = make_judge(cfg)
-    _write_json(_flat_config(cfg), storage.join(cfg.workdir, "config.json"))
+    _write_json(_flat_config(given), storage.join(cfg.workdir, "config.json"))
     compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir)
     with distributed.StopRequest() as stop:
       return _train(cfg, task, judge, stop)
   finally:
     lock.release()
+
+
+def resolve_config(cfg):
+  """`cfg` with its 0 = derive fields (mesh.fsdp, num_microbatches,
+  rollout.chunk_prompts) filled for these devices (`poly_epo.autoscale`);
+  config.json records the fields as given, so one file serves any slice."""
+  from poly_epo import autoscale
+  memory = autoscale.device_memory(jax.devices())
+  needs = cfg.num_microbatches == 0 or cfg.rollout.chunk_prompts == 0
+  mcfg = autoscale.model_config(cfg) if memory and needs else None
+  out = autoscale.resolve(cfg, jax.device_count(), memory, mcfg,
+                          jax.process_count())
+  derived = autoscale.derived_fields(cfg, out)
+  if derived and distributed.is_main():
+    print("derived for these devices: " + ", ".join(
+        f"{k}={v}" for k, v in derived.items()))
+  return out
 
 
 class Preempted(RuntimeError):

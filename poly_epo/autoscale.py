@@ -1,0 +1,159 @@
+"""`0 = derive`: the config fields that scale with the slice.
+
+`mesh.fsdp`, `num_microbatches` and `rollout.chunk_prompts` may be 0 in a
+config; `resolve` fills them from the device count and the per-device memory,
+so one config file runs on 8 or 64 chips:
+
+- `mesh.fsdp = 0`: every device not used by `mesh.data` (when set) and
+  `mesh.tensor` shards parameters and batch (ZeRO-3 over the whole slice).
+- `num_microbatches = 0`: the fewest micro-batches whose activations fit
+  (an analytic estimate: per-layer inputs kept under remat, one layer's
+  internals, one log-prob chunk); 1 when the memory is unknown (CPU).
+- `rollout.chunk_prompts = 0`: the most prompts per rollout chunk whose KV
+  cache (exact) and decode temporaries fit; unchanged (the whole batch) when
+  the memory is unknown.
+
+The estimates are deliberately conservative; `python -m poly_epo.plan`
+compiles the real programs and reports what the compiler needs.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+HEADROOM = 0.9
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def device_memory(devices) -> int | None:
+  """Bytes one device can allocate, or None when unknown (CPU)."""
+  try:
+    stats = devices[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - abstract or CPU devices.
+    return None
+  return stats.get("bytes_limit")
+
+
+def _divisors(n: int):
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def mesh_fsdp(cfg, n_devices: int) -> int:
+  if cfg.mesh.fsdp:
+    return cfg.mesh.fsdp
+  return max(n_devices // (cfg.mesh.tensor * max(cfg.mesh.data, 1)), 1)
+
+
+def param_bytes_per_device(mcfg, shards: int) -> dict:
+  """Master params, AdamW state, gradients and the compute-dtype sampler
+  copy, per device, with parameters sharded `shards` ways."""
+  n = mcfg.num_params
+  master = _ITEMSIZE[mcfg.param_dtype] * n / shards
+  compute = 0 if mcfg.dtype == mcfg.param_dtype else \
+      _ITEMSIZE[mcfg.dtype] * n / shards
+  return {"params": master, "optimizer": 2 * master, "gradients": master,
+          "sampler_params": compute}
+
+
+def kv_bytes_per_prompt(mcfg, cfg) -> float:
+  """KV cache of one prompt group (N rows x (P + L) positions), all
+  devices together."""
+  width = cfg.max_prompt_tokens + cfg.max_new_tokens
+  return (cfg.num_samples * width * mcfg.num_layers * 2 * mcfg.num_kv_heads
+          * mcfg.head_dim * _ITEMSIZE[mcfg.dtype])
+
+
+def activation_bytes_per_sequence(mcfg, cfg) -> float:
+  """Training activations of one sequence on one device (forward kept for
+  the backward), a rough upper bound."""
+  t = cfg.max_prompt_tokens + cfg.max_new_tokens
+  it = _ITEMSIZE[mcfg.dtype]
+  kept = t * mcfg.hidden_size * it * (
+      mcfg.num_layers if mcfg.remat != "none" else 12 * mcfg.num_layers)
+  layer = t * (4 * mcfg.hidden_size + 3 * mcfg.intermediate_size) * it
+  q = cfg.model.attention_chunk or t
+  scores = mcfg.num_heads * q * t * 4
+  chunk = cfg.model.logprob_chunk or t
+  logits = 3 * chunk * mcfg.vocab_size * 4
+  return 1.5 * (kept + layer + scores + logits)  # 1.5: fusion slack.
+
+
+def update_fixed_bytes(mcfg) -> float:
+  """Update temporaries that do not shrink with the micro-batch: compilers
+  may keep every layer's all-gathered compute-dtype weights and their f32
+  gradients live at once."""
+  return mcfg.num_params * (_ITEMSIZE[mcfg.dtype] + 4)
+
+
+def model_config(cfg):
+  """The ModelConfig the run would use (shapes from the base policy or the
+  preset, dtypes and memory options from the config)."""
+  from poly_epo import checkpointing, storage
+  from poly_epo.models import ModelConfig, preset
+  path = cfg.base_policy
+  if path and checkpointing.is_policy_dir(path):
+    mcfg = checkpointing.config_from_dict(storage.read_json(
+        storage.join(path, "model_config.json")))
+  elif path and storage.isfile(storage.join(path, "config.json")):
+    mcfg = ModelConfig.from_hf_json(storage.local_copy(path))
+  else:
+    mcfg = preset(cfg.model.preset)
+  m = cfg.model
+  return mcfg.replace(param_dtype=m.param_dtype, dtype=m.dtype,
+                      remat=m.remat, attention=m.attention,
+                      attention_chunk=m.attention_chunk)
+
+
+def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
+            processes: int = 1):
+  """A copy of `cfg` with every 0-means-derive field filled (see module
+  docstring); `cfg` itself is unchanged. `mcfg`: the model's ModelConfig
+  (only needed when memory is known)."""
+  cfg = copy.deepcopy(cfg)
+  fsdp = mesh_fsdp(cfg, n_devices)
+  cfg.mesh.fsdp = fsdp
+  data = max(n_devices // (fsdp * cfg.mesh.tensor), 1) if not cfg.mesh.data \
+      else cfg.mesh.data
+  shards = data * fsdp
+  seqs = cfg.prompts_per_step * cfg.num_samples
+  per_mini = seqs // max(cfg.num_minibatches, 1)
+  known = device_bytes is not None and mcfg is not None
+  budget = HEADROOM * device_bytes if known else None
+  fixed = None
+  if known:
+    parts = param_bytes_per_device(mcfg, fsdp * cfg.mesh.tensor)
+    fixed = parts["params"] + parts["optimizer"]
+  if cfg.num_microbatches == 0:
+    ok = [m for m in _divisors(per_mini) if (per_mini // m) % shards == 0]
+    pick = min(ok) if ok else 1
+    if known:
+      act = activation_bytes_per_sequence(mcfg, cfg)
+      base = fixed + parts["gradients"] + update_fixed_bytes(mcfg)
+      fits = [m for m in ok if base + act * per_mini / m / shards <= budget]
+      pick = min(fits) if fits else max(ok or [1])
+    cfg.num_microbatches = pick
+  if cfg.rollout.chunk_prompts == 0 and known:
+    b = cfg.prompts_per_step
+    ok = [c for c in _divisors(b) if (c * cfg.num_samples) % shards == 0
+          and c % processes == 0]
+    kv = kv_bytes_per_prompt(mcfg, cfg) / shards
+    # Decode temporaries: logits and sampling of the chunk's rows.
+    tmp = cfg.num_samples * mcfg.vocab_size * 4 * 4 / shards
+    fits = [c for c in ok if fixed + parts["sampler_params"] +
+            c * (kv + tmp) <= budget]
+    cfg.rollout.chunk_prompts = int(max(fits) if fits else min(ok or [b]))
+  return cfg
+
+
+def derived_fields(given, resolved) -> dict:
+  """{field: value} of what `resolve` filled in."""
+  out = {}
+  for field, get in (("mesh.fsdp", lambda c: c.mesh.fsdp),
+                     ("num_microbatches", lambda c: c.num_microbatches),
+                     ("rollout.chunk_prompts",
+                      lambda c: c.rollout.chunk_prompts)):
+    if get(given) == 0 and get(resolved) != 0:
+      out[field] = int(np.asarray(get(resolved)))
+  return out
