@@ -21,6 +21,8 @@ setup(
         "ml_dtypes",
         "numpy",
         "tqdm",
+        "etils[epath]",
+        "fsspec",
         "tensorboardX",
         "matplotlib",
         "math-verify",
@@ -31,5 +33,11 @@ setup(
         "test": ["pytest", "torch==2.13.0", "pyarrow"],
         # The maths task's data files (Parquet) and answer checking.
         "math": ["math-verify", "pyarrow"],
+        # The TPU runtime (libtpu): runs on TPU VMs, and lets
+        # `python -m poly_epo.plan` and the tests compile for TPU slices
+        # ahead of time on any machine.
+        "tpu": ["jax[tpu]"],
+        # gs:// workdirs, base policies and data (etils.epath's backend).
+        "gcs": ["gcsfs"],
     },
 )

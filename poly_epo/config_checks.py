@@ -30,8 +30,8 @@ def check_config(cfg) -> None:
          f"model.{field}", "'float32', 'bfloat16' or 'float16'")
   need(cfg.model.remat in ("none", "full", "dots"), "model.remat",
        "'none', 'full' or 'dots'")
-  need(cfg.model.attention in ("einsum", "xla", "cudnn"), "model.attention",
-       "'einsum', 'xla' or 'cudnn'")
+  need(cfg.model.attention in ("einsum", "xla", "cudnn", "splash"),
+       "model.attention", "'einsum', 'xla', 'cudnn' or 'splash' (TPU)")
   need(cfg.model.logprob_chunk >= 0, "model.logprob_chunk", "must be >= 0")
   need(cfg.model.attention_chunk >= 0, "model.attention_chunk",
        "must be >= 0")

@@ -33,7 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
   # (bfloat16 on accelerators; float32 is fastest on CPU).
   c.model.remat = "none"  # Per-layer rematerialisation: none | full | dots.
   c.model.attention = "einsum"  # Training forward attention: einsum | xla
-  # (jax.nn.dot_product_attention) | cudnn (its GPU flash kernel, bf16).
+  # (jax.nn.dot_product_attention) | cudnn (its GPU flash kernel, bf16) |
+  # splash (the TPU Pallas flash kernel; interpret mode off TPU).
   c.model.attention_chunk = 0  # Queries per attention block in the training
   # forward (0 = all): bounds the [rows, heads, block, T] scores.
   c.model.logprob_chunk = 0  # Positions per log-prob chunk in the loss (0 =

@@ -174,8 +174,7 @@ def fail_together(stage: str):
   for p, rec in enumerate(got):
     if rec["error"] is not None:
       msg = rec["error"]
-      raise StartupError(msg if p == jax.process_index() or len(got) == 1
-                         else f"{msg} (on process {p})") from None
+      raise StartupError(f"{msg} (on process {p})") from None
   box["all"] = [rec["value"] for rec in got]
 
 

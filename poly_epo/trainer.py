@@ -116,8 +116,8 @@ class JudgeWatch:
   def step(self, statuses_counts: np.ndarray, step: int) -> dict:
     """statuses_counts: [ok, failed, wrong_count] summed over processes."""
     total = max(float(statuses_counts.sum()), 1.0)
-    row = {"judge/failed_fraction": statuses_counts[1] / total,
-           "judge/wrong_count_fraction": statuses_counts[2] / total}
+    row = {"judge/failed_fraction": float(statuses_counts[1] / total),
+           "judge/wrong_count_fraction": float(statuses_counts[2] / total)}
     self.recent = (self.recent + [row["judge/failed_fraction"]])[
         -self.window:]
     return row

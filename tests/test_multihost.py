@@ -75,3 +75,92 @@ def test_two_processes_agree_with_one_process_on_four_devices(base, tmp_path):
   for name in ("policy", "policy_hf", "summary.json", "checkpoints"):
     assert os.path.exists(os.path.join(multi, name)), name
   assert not os.path.exists(os.path.join(multi, ".lock"))
+
+
+def _launch(workdirs, base, *extra, devices=2, per_process=None):
+  """2 `jax.distributed` processes; workdirs[i] for process i."""
+  port = _free_port()
+  return [subprocess.Popen(
+      _cmd(workdirs[i], base, "--config.distributed=True",
+           f"--config.coordinator_address=127.0.0.1:{port}",
+           "--config.num_processes=2", f"--config.process_id={i}", *extra,
+           *((per_process or {}).get(i, ()))),
+      env=_env(devices), cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _error_lines(procs, timeout):
+  out = []
+  for p in procs:
+    _, err = p.communicate(timeout=timeout)
+    assert p.returncode != 0, err[-2000:]
+    lines = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert len(lines) == 1, err[-2000:]
+    out.append(lines[0])
+  return out
+
+
+def test_one_host_missing_its_base_policy_stops_every_host(base, tmp_path):
+  import time
+  t0 = time.time()
+  procs = _launch([str(tmp_path / "w")] * 2, base, per_process={
+      1: ["--config.base_policy=" + str(tmp_path / "nowhere")]})
+  errors = _error_lines(procs, timeout=120)
+  assert time.time() - t0 < 60
+  assert errors[0] == errors[1], errors
+  assert "config.base_policy" in errors[0] and "process 1" in errors[0]
+
+
+def test_per_host_workdirs_are_refused_as_not_shared(base, tmp_path):
+  procs = _launch([str(tmp_path / "a"), str(tmp_path / "b")], base)
+  errors = _error_lines(procs, timeout=120)
+  assert errors[0] == errors[1], errors
+  assert "is not shared" in errors[0]
+  assert not (tmp_path / "a" / ".lock").exists()  # Released on the way out.
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_matches_an_uninterrupted_run(
+    base, tmp_path):
+  import signal
+  import threading
+  import time
+  import http.server
+  from test_judges import _Handler
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  threading.Thread(target=srv.serve_forever, daemon=True).start()
+  judge = ["--config.judge.kind=http", "--config.judge.model=j",
+           f"--config.judge.url=http://127.0.0.1:{srv.server_address[1]}/v1",
+           "--config.steps=4", "--config.ckpt_every=10"]
+  try:
+    ref = str(tmp_path / "ref")
+    subprocess.run(_cmd(ref, base, *judge), check=True, env=_env(4),
+                   cwd=ROOT, capture_output=True, timeout=600)
+    work = str(tmp_path / "multi")
+    procs = _launch([work] * 2, base, *judge)
+    metrics = os.path.join(work, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        os.path.exists(metrics) and "train/loss" in open(metrics).read()):
+      time.sleep(0.05)
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    logs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, logs):
+      assert p.returncode == 143, err[-2000:]
+      assert "stopped by SIGTERM" in err
+    ckpts = os.listdir(os.path.join(work, "checkpoints"))
+    assert ckpts and all(int(c) < 4 for c in ckpts if c.isdigit()), ckpts
+    assert not os.path.exists(os.path.join(work, ".lock"))
+    assert os.listdir(os.path.join(work, "judge_cache"))
+    procs = _launch([work] * 2, base, *judge)
+    for p in procs:
+      _, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+  finally:
+    srv.shutdown()
+  want, got = _rows(ref), _rows(work)
+  assert sorted(want) == sorted(got)
+  for key, row in want.items():
+    for k, v in row.items():
+      assert got[key][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (key, k)
+  assert "train/judge/failed_fraction" in want[("train", 3)]

@@ -15,7 +15,7 @@ from typing import Any
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_MODES = ("none", "full", "dots")
-ATTENTION_IMPLS = ("einsum", "xla", "cudnn")
+ATTENTION_IMPLS = ("einsum", "xla", "cudnn", "splash")
 
 _HF_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -54,7 +54,8 @@ class ModelConfig:
   # outputs without batch dims).
   remat: str = "none"
   # Attention of the no-cache forward: "einsum" (our grouped einsums), "xla"
-  # (jax.nn.dot_product_attention, XLA) or "cudnn" (its cuDNN flash kernel,
+  # (jax.nn.dot_product_attention, XLA), "splash" (the TPU Pallas kernel,
+  # models/splash.py) or "cudnn" (its cuDNN flash kernel,
   # GPU only, bf16/fp16). Decoding always uses the einsum path.
   attention: str = "einsum"
   # Queries per attention block in the no-cache forward (0 = all at once):

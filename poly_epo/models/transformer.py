@@ -204,12 +204,18 @@ class Attention(nnx.Module):
     q = apply_rope(q, cos_BTH, sin_BTH)
     k = apply_rope(k, cos_BTH, sin_BTH)
     if kv is None:  # Training / scoring forward: nothing to cache.
-      if cfg.attention == "einsum":
-        kt, vt = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
-        fn = lambda q_, m_: attend(q_, kt.astype(dt), vt.astype(dt), m_)
+      if cfg.attention == "splash":  # Its own blocking: no query chunks.
+        from poly_epo.models.splash import attend_splash
+        # mask_BTS = causal & key-valid, so its last row is the padding mask.
+        out = attend_splash(q, k, v, mask_BTS[:, -1, :])
       else:
-        fn = lambda q_, m_: attend_dpa(q_, k, v, m_, cfg.attention)
-      out = attend_in_chunks(fn, q, mask_BTS, cfg.attention_chunk)
+        if cfg.attention == "einsum":
+          kt = jnp.transpose(k, (0, 2, 3, 1))
+          vt = jnp.transpose(v, (0, 2, 1, 3))
+          fn = lambda q_, m_: attend(q_, kt.astype(dt), vt.astype(dt), m_)
+        else:
+          fn = lambda q_, m_: attend_dpa(q_, k, v, m_, cfg.attention)
+        out = attend_in_chunks(fn, q, mask_BTS, cfg.attention_chunk)
       kv_out = None
     else:
       k = jnp.transpose(k, (0, 2, 3, 1))  # [B, K, H, T]
