@@ -14,7 +14,7 @@ from absl import app, logging
 import numpy as np
 from flax import nnx
 
-from poly_epo import distributed, metrics, rollout
+from poly_epo import distributed, metrics, rollout, storage
 from poly_epo.labels import DEGENERATE
 from poly_epo.tokenizer import decode_completions, encode_prompts
 
@@ -189,7 +189,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
                     progress=progress, judge=judge)
       ev.pop("samples")
       reports[name] = ev
-      sources[name] = {"path": os.path.abspath(path),
+      sources[name] = {"path": storage.absolute(path),
                        "steps": meta.get("steps")}
     result = {"config": trainer._flat_config(cfg), "task": cfg.task.name,
               "set": set_name, "prompts": len(heldout), "samples": samples,

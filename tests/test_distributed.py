@@ -3,6 +3,7 @@ refused, a dead one's lock is taken over), and the single-host behaviour of
 the multi-host helpers (their 2-process behaviour: tests/test_multihost.py)."""
 
 import json
+import signal
 import os
 import socket
 import subprocess
@@ -62,3 +63,38 @@ def test_train_refuses_a_locked_workdir(base, tmp_path):  # noqa: F811
   finally:
     holder.kill()
     holder.wait()
+
+
+def test_lock_heartbeat_and_take_over_of_a_silent_holder_on_another_host(
+    tmp_path):
+  import time
+  lock_file = tmp_path / ".lock"
+  lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1,
+                                   "heartbeat": time.time()}))
+  with pytest.raises(RuntimeError, match="in use by another run"):
+    distributed.WorkdirLock(str(tmp_path), timeout_s=60).acquire()
+  lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1,
+                                   "heartbeat": time.time() - 120}))
+  lock = distributed.WorkdirLock(str(tmp_path), timeout_s=60).acquire()
+  assert lock.held
+  lock.release()
+  fast = distributed.WorkdirLock(str(tmp_path), timeout_s=0.2).acquire()
+  first = json.loads(lock_file.read_text())["heartbeat"]
+  time.sleep(0.3)
+  assert json.loads(lock_file.read_text())["heartbeat"] > first  # Beating.
+  fast.release()
+  assert not lock_file.exists()
+
+
+def test_single_process_agreement_helpers():
+  assert distributed.allgather_objects({"a": 1}, "x") == [{"a": 1}]
+  with distributed.fail_together("stage") as box:
+    box["value"] = 3
+  assert box["all"] == [3]
+  with pytest.raises(KeyError):  # One process: the error itself.
+    with distributed.fail_together("stage"):
+      raise KeyError("k")
+  with distributed.StopRequest() as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested
+  assert not distributed.any_process(False)

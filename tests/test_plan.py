@@ -49,3 +49,49 @@ def test_sharded_plan_divides_the_bytes():
   # replicated norm scales.
   assert four["per_device_bytes"]["params"] < one["per_device_bytes"][
       "params"] / 3
+
+
+def _tpu_plan(*args):
+  import pytest
+  pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is needed")
+  return _plan(*args)
+
+
+def test_tpu_compiler_plan_reports_exact_bytes_and_times():
+  """The tiny config's rollout and update compiled by the TPU compiler for
+  one v5p chip (deviceless)."""
+  p = _tpu_plan("--chip=v5p", "--config.model.dtype=bfloat16")
+  n = preset("tiny").num_params
+  assert p["compiler"] == "tpu" and "TPU v5" in p["compiler_note"]
+  assert p["num_params"] == n
+  assert p["per_device_bytes"]["params"] == 4 * n
+  assert p["per_device_bytes"]["sampler_params"] == 2 * n
+  for name in ("decode_step", "prefill_chunk", "update_microbatch"):
+    assert p["cost"][name]["flops"] > 0, name
+    assert p["estimated_seconds"][name] > 0, name
+  e = p["estimated_seconds"]
+  assert e["rl_step"] == e["rollout"] + e["update"]
+
+
+def test_tpu_plan_on_a_v5e_slice_derives_the_mesh():
+  p = _tpu_plan("--chip=v5e", "--devices=8", "--config.mesh.data=1",
+                "--config.mesh.fsdp=0")
+  assert p["compiler"] == "tpu" and p["devices"] == 8
+  assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  assert p["derived"]["mesh.fsdp"] == 8
+  assert p["fits"] is True
+
+
+def test_without_libtpu_tpu_chips_fall_back_to_xla_cpu_and_say_so():
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["PYTHONPATH"] = os.path.join(ROOT, "tests")
+  code = ("import sys; from poly_epo import tpu_topology as t; "
+          "t.libtpu_available = lambda: False; from poly_epo import plan; "
+          "from absl import app; sys.argv = ['plan', '--config=" +
+          os.path.join(ROOT, "configs", "polynomial.py") +
+          "', '--chip=v5p', '--json']; app.run(plan.main)")
+  res = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  p = json.loads(res.stdout)
+  assert p["compiler"] == "xla-cpu" and "tpu extra" in p["compiler_note"]

@@ -47,8 +47,11 @@ class HttpJudge(Judge):
     self._pending: list[dict] = []
     self._lock = threading.Lock()
     if cache_dir and storage.isdir(cache_dir):
-      for f in sorted(storage.Path(cache_dir).glob("*.jsonl")):
-        for line in f.read_text().splitlines():
+      names = sorted(p.name for p in storage.Path(cache_dir).iterdir()
+                     if p.name.endswith(".jsonl"))
+      for name in names:
+        text = storage.read_text(storage.join(cache_dir, name))
+        for line in text.splitlines():
           try:
             rec = json.loads(line)
             self._cache[rec["key"]] = rec["reply"]
