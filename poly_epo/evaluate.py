@@ -173,9 +173,9 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   judge = trainer.make_judge(cfg) if cfg.judge.kind != "task" else None
   loaded = {}
   for spec in policies:
-    path = (cfg.base_policy or os.path.join(cfg.workdir, "base")) \
+    path = (cfg.base_policy or storage.join(cfg.workdir, "base")) \
         if spec == "base" else spec
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
       raise FileNotFoundError(f"--policy {spec}: no folder {path!r}")
     loaded["base" if spec == "base" else policy_name(path)] = path
   results = {}

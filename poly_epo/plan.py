@@ -220,6 +220,9 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
     raise ValueError(f"--chip={chip!r}: one of {', '.join(CHIPS)}")
   devices = list(devices if devices is not None else jax.devices())
   compiler = "tpu" if devices[0].platform == "tpu" else "xla-cpu"
+  if compiler == "tpu":
+    from poly_epo.models import splash
+    splash.INTERPRET = False  # Compile the real kernel for the TPU.
   cap = CHIPS[chip]
   mcfg = model_config(cfg)
   given = cfg
@@ -357,6 +360,9 @@ flags.DEFINE_integer("devices", 0, "devices to plan for (default: the "
 flags.DEFINE_enum("chip", "h100", list(CHIPS), "accelerator to plan for")
 flags.DEFINE_string("topology", "", "TPU topology, e.g. 2x2x2 (default: the "
                     "standard slice holding --devices chips)")
+flags.DEFINE_enum("compiler", "auto", ["auto", "tpu", "xla-cpu"],
+                  "auto: the TPU compiler for TPU chips when libtpu is "
+                  "installed, else XLA:CPU on forced host devices")
 flags.DEFINE_bool("json", False, "print one JSON object")
 
 
@@ -373,7 +379,12 @@ def main(argv):
     raise RuntimeError("poly_epo.plan must set the device count before "
                        "jax is imported")
   os.environ["JAX_PLATFORMS"] = "cpu"
-  tpu = chip in TPU_CHIPS and tpu_topology.libtpu_available()
+  tpu = chip in TPU_CHIPS and f.compiler != "xla-cpu" and \
+      tpu_topology.libtpu_available()
+  if f.compiler == "tpu" and not tpu:
+    print(f"error: --compiler=tpu needs a TPU --chip ({', '.join(TPU_CHIPS)})"
+          " and the tpu extra (pip install -e '.[tpu]')", file=sys.stderr)
+    return 2
   if not tpu:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={n}"

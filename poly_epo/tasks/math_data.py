@@ -20,8 +20,10 @@ class Record(NamedTuple):
 
 
 def _rows(path: str) -> tuple[list, str]:
-  if not os.path.exists(path):
+  from poly_epo import storage
+  if not storage.exists(path):
     raise FileNotFoundError(f"math data file {path!r} does not exist")
+  path = storage.local_copy(path)  # gs:// and other remote files.
   if path.endswith(".parquet"):
     try:
       import pyarrow.parquet as pq
