@@ -6,11 +6,11 @@ so one config file runs on 8 or 64 chips:
 
 - `mesh.fsdp = 0`: every device not used by `mesh.data` (when set) and
   `mesh.tensor` shards parameters and batch (ZeRO-3 over the whole slice).
-- `num_microbatches = 0`: the fewest micro-batches whose activations fit
-  (an analytic estimate: per-layer inputs kept under remat, one layer's
-  internals, one log-prob chunk, calibrated on the TPU compiler's figures;
-  plus the gathered weights and their gradients); 1 when the memory is
-  unknown (CPU).
+- `num_microbatches = 0`: on an accelerator (memory known), one sequence
+  per batch shard per micro-batch: the TPU compiler's figures for the 4B
+  recipe show its update temporaries do not shrink in proportion to the
+  micro-batch, so no simple formula picks fewer safely (`plan` shows the
+  room to use fewer); 1 when the memory is unknown (CPU).
 - `rollout.chunk_prompts = 0`: the most prompts per rollout chunk whose KV
   cache (exact) and decode temporaries fit; unchanged (the whole batch) when
   the memory is unknown.
@@ -67,30 +67,6 @@ def kv_bytes_per_prompt(mcfg, cfg) -> float:
           * mcfg.head_dim * _ITEMSIZE[mcfg.dtype])
 
 
-def activation_bytes_per_sequence(mcfg, cfg) -> float:
-  """Training activations of one sequence on one device (forward kept for
-  the backward), a rough upper bound."""
-  t = cfg.max_prompt_tokens + cfg.max_new_tokens
-  it = _ITEMSIZE[mcfg.dtype]
-  kept = t * mcfg.hidden_size * it * (
-      mcfg.num_layers if mcfg.remat != "none" else 12 * mcfg.num_layers)
-  layer = t * (4 * mcfg.hidden_size + 3 * mcfg.intermediate_size) * it
-  q = cfg.model.attention_chunk or t
-  scores = mcfg.num_heads * q * t * 4
-  chunk = cfg.model.logprob_chunk or t
-  logits = 3 * chunk * mcfg.vocab_size * 4
-  # 3.5: calibrated on the TPU compiler's update for Qwen3-4B on 8 v5p chips
-  # (`poly_epo.plan --chip v5p`: ~9 GiB per sequence of 5,120 tokens).
-  return 3.5 * (kept + layer + scores + logits)
-
-
-def update_fixed_bytes(mcfg) -> float:
-  """Update temporaries that do not shrink with the micro-batch: compilers
-  may keep every layer's all-gathered compute-dtype weights and their f32
-  gradients live at once."""
-  return mcfg.num_params * (_ITEMSIZE[mcfg.dtype] + 4)
-
-
 def model_config(cfg):
   """The ModelConfig the run would use (shapes from the base policy or the
   preset, dtypes and memory options from the config)."""
@@ -125,19 +101,17 @@ def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
   per_mini = seqs // max(cfg.num_minibatches, 1)
   known = device_bytes is not None and mcfg is not None
   budget = HEADROOM * device_bytes if known else None
-  fixed = None
   if known:
     parts = param_bytes_per_device(mcfg, fsdp * cfg.mesh.tensor)
     fixed = parts["params"] + parts["optimizer"]
   if cfg.num_microbatches == 0:
     ok = [m for m in _divisors(per_mini) if (per_mini // m) % shards == 0]
-    pick = min(ok) if ok else 1
-    if known:
-      act = activation_bytes_per_sequence(mcfg, cfg)
-      base = fixed + parts["gradients"] + update_fixed_bytes(mcfg)
-      fits = [m for m in ok if base + act * per_mini / m / shards <= budget]
-      pick = min(fits) if fits else max(ok or [1])
-    cfg.num_microbatches = pick
+    # Memory known (an accelerator): one sequence per batch shard per
+    # micro-batch, the setting the TPU compiler shows the 4B recipe needs
+    # (its update temporaries do not shrink in proportion to the
+    # micro-batch; `python -m poly_epo.plan` reports them). Unknown (CPU):
+    # the whole minibatch at once.
+    cfg.num_microbatches = (max(ok) if ok else 1) if known else 1
   if cfg.rollout.chunk_prompts == 0 and known:
     b = cfg.prompts_per_step
     ok = [c for c in _divisors(b) if (c * cfg.num_samples) % shards == 0
