@@ -134,6 +134,17 @@ def load_any(path: str, mesh=None, **config_overrides):
       "nor a Hugging Face folder (config.json + *.safetensors)")
 
 
+def _first_line(e: Exception) -> str:
+  """An Orbax / TensorStore error as one line naming the file when it does."""
+  import re
+  text = str(e) or type(e).__name__
+  path = re.search(r"(/[^\s'\"]+)", text)
+  head = text.strip().splitlines()[0][:200]
+  return f"{type(e).__name__}: {head}" + (
+      f" [file {path.group(1)}]" if path and path.group(1) not in head else
+      "")
+
+
 class TrainCheckpoints:
   """(params, opt_state) every `ckpt_every` steps under `<workdir>/checkpoints`
   (Orbax CheckpointManager: collective across processes, keeps the last
@@ -147,6 +158,48 @@ class TrainCheckpoints:
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def restore_latest(self, params, opt_state, log=print):
+    """(step, params, opt_state) from the newest checkpoint that restores;
+    a damaged one is reported (step and file), moved aside to
+    `<workdir>/checkpoints_damaged/<step>` (so nothing is lost and later
+    saves can reuse its number) and the next older one is tried. (0, params,
+    opt_state) when there is none; RuntimeError naming the workdir when
+    none restores."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    for step in steps:
+      try:
+        params2, opt2 = self.restore(step, params, opt_state)
+      except Exception as e:  # noqa: BLE001 - reported, then the next one.
+        msg = _first_line(e)
+        failures.append(f"step {step}: {msg}")
+        log(f"checkpoint step {step} in {self.dir} could not be restored "
+            f"({msg}); trying an older one")
+        continue
+      if failures:
+        self._set_aside([int(f.split(":")[0].split()[1]) for f in failures])
+        log(f"resumed from the older checkpoint, step {step}")
+      return step, params2, opt2
+    if failures:
+      raise RuntimeError(
+          f"no checkpoint under {self.dir} restores ({'; '.join(failures)});"
+          " move the checkpoints folder away to start over")
+    return 0, params, opt_state
+
+  def _set_aside(self, steps) -> None:
+    if distributed.is_main():
+      aside = storage.join(self.dir + "_damaged")
+      storage.makedirs(aside)
+      for step in steps:
+        src = storage.Path(storage.join(self.dir, str(step)))
+        if src.exists():
+          dst = storage.Path(storage.join(aside, str(step)))
+          if dst.exists():
+            storage.remove(dst)
+          src.rename(dst)
+    distributed.barrier("checkpoints:set_aside")
+    self.manager.reload()
 
   def restore(self, step: int, params, opt_state):
     """Restore onto the shardings and dtypes of the given (live) trees."""

@@ -57,6 +57,40 @@ def check_config(cfg) -> None:
            f"not a loss field; loss fields: {', '.join(cfg.loss)}")
   need(cfg.steps >= 1 and cfg.prompts_per_step >= 1, "steps",
        "steps and prompts_per_step must be >= 1")
+  # Value ranges of every numeric field.
+  ranges = [
+      ("seed", cfg.seed >= 0, "must be >= 0"),
+      ("lr", cfg.lr > 0, "must be > 0"),
+      ("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0"),
+      ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
+      ("grad_clip", cfg.grad_clip > 0, "must be > 0"),
+      ("lr_schedule", cfg.lr_schedule in ("constant", "cosine"),
+       "'constant' or 'cosine'"),
+      ("max_new_tokens", cfg.max_new_tokens >= 1, "must be >= 1"),
+      ("max_prompt_tokens", cfg.max_prompt_tokens >= 1, "must be >= 1"),
+      ("num_sets", cfg.num_sets >= 0, "must be >= 0 (0 = all sets)"),
+      ("eval_samples", cfg.eval_samples >= 1, "must be >= 1"),
+      ("loss.eps_low", 0 <= cfg.loss.eps_low < 1, "must be in [0, 1)"),
+      ("loss.eps_high", cfg.loss.eps_high >= 0, "must be >= 0"),
+      ("loss.dual_clip", cfg.loss.dual_clip == 0 or cfg.loss.dual_clip > 1,
+       "must be 0 (off) or > 1"),
+      ("loss.entropy_coef", cfg.loss.entropy_coef >= 0, "must be >= 0"),
+      ("pretrain.steps", cfg.pretrain.steps >= 1, "must be >= 1"),
+      ("pretrain.batch_size", cfg.pretrain.batch_size >= 1, "must be >= 1"),
+      ("pretrain.lr", cfg.pretrain.lr > 0, "must be > 0"),
+      ("pretrain.weight_decay", cfg.pretrain.weight_decay >= 0,
+       "must be >= 0"),
+      ("pretrain.eval_samples", cfg.pretrain.eval_samples >= 1,
+       "must be >= 1"),
+      ("judge.timeout", cfg.judge.timeout > 0, "must be > 0"),
+      ("judge.max_concurrency", cfg.judge.max_concurrency >= 1,
+       "must be >= 1"),
+  ]
+  for field, ok, msg in ranges:
+    value = cfg
+    for part in field.split("."):
+      value = value[part]
+    need(ok, field, f"{value!r} {msg}")
   seqs = cfg.prompts_per_step * cfg.num_samples
   chunks = cfg.num_minibatches * cfg.num_microbatches
   need(cfg.num_minibatches >= 1 and cfg.num_microbatches >= 1,
@@ -73,6 +107,10 @@ def check_config(cfg) -> None:
        f"data x fsdp x tensor = {n_dev} but there are {jax.device_count()} "
        "devices")
   batch_shards = data * cfg.mesh.fsdp
+  need(cfg.prompts_per_step % batch_shards == 0 or
+       batch_shards % cfg.prompts_per_step == 0, "prompts_per_step",
+       f"{cfg.prompts_per_step} prompts do not split over the data x fsdp = "
+       f"{batch_shards} batch shards (nor divide them)")
   need((seqs // chunks) % batch_shards == 0, "mesh.data",
        f"micro-batches of {seqs // chunks} sequences do not split over "
        f"data x fsdp = {batch_shards} devices")

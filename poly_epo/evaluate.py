@@ -159,8 +159,26 @@ def policy_name(path: str) -> str:
   return os.path.basename(path)
 
 
+def check_task(meta: dict, cfg, where: str) -> None:
+  """Refuse a policy whose metadata records another task than `cfg`'s."""
+  from poly_epo import tasks
+  theirs = meta.get("task")
+  mine = tasks.identity(cfg.task.name, cfg.task.options)
+  if not theirs or theirs == mine:
+    return
+  if theirs.get("name") != mine["name"]:
+    what = f"task {theirs.get('name')!r}, not {mine['name']!r}"
+  else:
+    keys = sorted(k for k in set(theirs["options"]) | set(mine["options"])
+                  if theirs["options"].get(k) != mine["options"].get(k))
+    what = f"task {mine['name']!r} with other options ({', '.join(keys)})"
+  raise ValueError(f"{where} was trained on {what}; evaluate it with its own "
+                   "config, or pass --allow_task_mismatch")
+
+
 def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
-                      progress: bool = True) -> dict:
+                      progress: bool = True,
+                      allow_task_mismatch: bool = False) -> dict:
   """Evaluate each policy on the task's held-out prompts (for `math` with
   named `eval_sets`, each set on its own under `out/<set>/`); write
   eval.json and the overlay PNGs; return the (first set's) eval.json
@@ -168,8 +186,16 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   config's judge when it has one, else from the task."""
   from poly_epo import checkpointing, tasks, trainer
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
+  if samples < 1:
+    raise ValueError(f"--samples={samples}: must be >= 1")
   sets = task.eval_sets(cfg.seed, prompts) or {
       "heldout": task.heldout_prompts(cfg.seed, prompts)}
+  for name, heldout in sets.items():
+    if not heldout:
+      raise ValueError(
+          f"the held-out set {name!r} is empty: set --prompts or "
+          "config.eval_prompts >= 1, or give config.task.options.eval_sets "
+          "files with problems")
   judge = trainer.make_judge(cfg) if cfg.judge.kind != "task" else None
   loaded = {}
   for spec in policies:
@@ -183,6 +209,8 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
     reports, sources = {}, {}
     for name, path in loaded.items():
       model, tok, meta = checkpointing.load_any(path)
+      if not allow_task_mismatch:
+        check_task(meta, cfg, f"--policy {path}")
       ev = evaluate(model, tok, task, heldout, num_samples=samples,
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, seed=cfg.seed,
@@ -241,11 +269,13 @@ def main(argv):
     raise app.UsageError("at least one --policy <dir> (or --policy base)")
   from poly_epo import tasks
   embedded = tasks.get(cfg.task.name, **dict(cfg.task.options)).embedded
-  samples = f.samples or (256 if embedded else cfg.eval_samples)
+  samples = f.samples if f.samples is not None else (
+      256 if embedded else cfg.eval_samples)
   out = f.out or os.path.join(cfg.workdir, "eval")
   try:
     result = evaluate_policies(cfg, f.policy, samples=samples,
-                               prompts=f.prompts or cfg.eval_prompts, out=out)
+                               prompts=f.prompts or cfg.eval_prompts, out=out,
+                               allow_task_mismatch=f.allow_task_mismatch)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -261,9 +291,12 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_multi_string("policy", [], "policy folder (or 'base'); "
                             "repeat to overlay several")
-  flags.DEFINE_integer("samples", 0, "samples per prompt m (default 256 for "
-                       "embedded tasks, else config.eval_samples)")
+  flags.DEFINE_integer("samples", None, "samples per prompt m >= 1 (default "
+                       "256 for embedded tasks, else config.eval_samples)")
+  flags.DEFINE_bool("allow_task_mismatch", False, "evaluate policies whose "
+                    "metadata records another task or task options")
   flags.DEFINE_integer("prompts", 0, "held-out prompts (default "
                        "config.eval_prompts)")
   flags.DEFINE_string("out", "", "output folder (default <workdir>/eval)")
-  sys.exit(app.run(main))
+  from poly_epo.cli import parse_flags
+  sys.exit(app.run(main, flags_parser=parse_flags))

@@ -17,26 +17,57 @@ import numpy as np
 from poly_epo import distributed, storage
 
 
+def _ranges(steps: list[int]) -> str:
+  out, start = [], steps[0]
+  for a, b in zip(steps, steps[1:] + [None]):
+    if b != a + 1:
+      out.append(str(start) if start == a else f"{start}-{a}")
+      start = b
+  return ", ".join(out)
+
+
 class MetricsWriter:
 
-  def __init__(self, workdir: str, start_step: int):
+  def __init__(self, workdir: str, start_step: int,
+               final_step: int | None = None, log=print):
+    """Keep the rows the restored checkpoint covers: train rows before
+    `start_step`, and evaluation rows at it (unless it is `final_step`, whose
+    evaluation the finishing run writes again). Lines that are not JSON
+    objects are dropped with a count; train steps the checkpoint covers but
+    that have no row (a killed write) are listed in `self.gaps` and said."""
     self.path = storage.join(workdir, "metrics.jsonl")
     self.remote = storage.is_url(workdir)
     self.tb = None
+    self.gaps: list[int] = []
     self.active = distributed.is_main()
     if not self.active:
       return
-    kept = []
+    kept, bad, train_steps = [], 0, set()
     if storage.exists(self.path):
       for line in storage.read_text(self.path).splitlines():
         try:
           rec = json.loads(line)
         except json.JSONDecodeError:
-          continue  # A torn last line from a killed run.
-        step = rec.get("step", 0)
+          rec = None
+        if not isinstance(rec, dict) or not isinstance(rec.get("step"),
+                                                       int):
+          bad += line.strip() != ""
+          continue
+        step = rec["step"]
         is_train = any(k.startswith("train/") for k in rec)
-        if step < start_step or (step == start_step and not is_train):
+        keep_eval = step == start_step and start_step != final_step
+        if step < start_step or (not is_train and keep_eval):
           kept.append(line + "\n")
+          if is_train:
+            train_steps.add(step)
+    if bad:
+      log(f"{self.path}: dropped {bad} line(s) that are not metric rows "
+          "(torn or foreign)")
+    self.gaps = [s for s in range(start_step) if s not in train_steps]
+    if self.gaps and storage.exists(self.path):
+      log(f"{self.path}: no row for checkpointed step(s) "
+          f"{_ranges(self.gaps)} (lost when a run was killed mid-write; the "
+          "training state is intact)")
     self.lines = kept
     storage.write_text(self.path, "".join(kept))
     try:

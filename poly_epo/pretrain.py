@@ -119,8 +119,9 @@ def pretrain(cfg, progress: bool = True) -> dict:
              "heldout_distinct_correct": ev["distinct_correct"],
              "heldout_pass@k": {str(k): v for k, v in ev["pass@k"].items()},
              "eval_prompts": pc.eval_prompts, "eval_samples": m}
+  meta = dict(summary, task=tasks.identity(cfg.task.name, cfg.task.options))
   path = checkpointing.save_policy(storage.join(cfg.workdir, "base"), model,
-                                   tokenizer, meta=summary)
+                                   tokenizer, meta=meta)
   summary["path"] = path
   summary["total_seconds"] = time.perf_counter() - t_start
   return summary

@@ -35,8 +35,7 @@ def main(argv):
   t0 = time.perf_counter()
   try:
     summary = trainer.train(cfg)
-  except (ValueError, FileNotFoundError, RuntimeError,
-          FloatingPointError) as e:
+  except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
     # Config, data, checkpoint and judge problems: one line naming the
     # culprit, no traceback (POLY_EPO_TRACEBACK=1 shows it).
     if os.environ.get("POLY_EPO_TRACEBACK"):
@@ -53,4 +52,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  from poly_epo.cli import parse_flags
+  sys.exit(app.run(main, flags_parser=parse_flags))

@@ -35,7 +35,7 @@ RESUMABLE_FIELDS = ("steps", "eval_every", "ckpt_every", "keep_checkpoints",
                     "progress", "coordinator_address", "num_processes",
                     "process_id", "distributed", "export_hf", "judge.url",
                     "judge.timeout", "judge.max_concurrency",
-                    "compilation_cache_dir", "lock_timeout_s")
+                    "compilation_cache_dir", "lock_timeout_s", "workdir")
 
 
 def _flat_config(cfg) -> dict:
@@ -437,12 +437,11 @@ def _train(cfg, task, judge, stop) -> dict:
   progress = cfg.get("progress", True) and distributed.is_main()
   run, params, opt_state = setup(cfg, progress, task, judge)
   ckpts = checkpointing.TrainCheckpoints(cfg.workdir, cfg.keep_checkpoints)
-  start = ckpts.latest_step() or 0
+  say = print if distributed.is_main() else (lambda *_: None)
+  start, params, opt_state = ckpts.restore_latest(params, opt_state, say)
   if start:
-    params, opt_state = ckpts.restore(start, params, opt_state)
-    if distributed.is_main():
-      print(f"resumed from {ckpts.dir} at step {start}")
-  log = MetricsWriter(cfg.workdir, start)
+    say(f"resumed from {ckpts.dir} at step {start}")
+  log = MetricsWriter(cfg.workdir, start, cfg.steps, say)
   heldout = run.task.eval_sets(cfg.seed, cfg.eval_prompts)
 
   base_eval_path = storage.join(cfg.workdir, "base_eval.json")
@@ -514,7 +513,8 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
   model = run.model(params)
   policy_dir = checkpointing.save_policy(
       storage.join(cfg.workdir, "policy"), model, run.tok,
-      meta={"algorithm": cfg.algorithm, "steps": cfg.steps, "eval": final})
+      meta={"algorithm": cfg.algorithm, "steps": cfg.steps, "eval": final,
+            "task": tasks.identity(cfg.task.name, cfg.task.options)})
   hf_dir = None
   if cfg.export_hf:
     hf_dir = export.export_hf(model, run.tok,
@@ -525,7 +525,8 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
              "eval_sets": {"base": base_eval, "trained": final},
              "workdir": cfg.workdir,
              "policy": policy_dir, "policy_hf": hf_dir,
-             "algorithm": cfg.algorithm, "eval_samples": cfg.eval_samples}
+             "algorithm": cfg.algorithm, "eval_samples": cfg.eval_samples,
+             "metrics_gaps": log.gaps}
   _write_json(summary, storage.join(cfg.workdir, "summary.json"))
   return summary
 

@@ -46,6 +46,39 @@ def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):
                                prompts=1, out=str(tmp_path / "ev2"))
 
 
+def test_evaluation_checks_what_it_evaluates(two_policies, tmp_path):
+  import subprocess
+  import sys
+  from test_trainer import ROOT
+  import importlib.util
+  spec = importlib.util.spec_from_file_location(
+      "multcfg", os.path.join(ROOT, "configs", "multiplication.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  mult = mod.get_config()
+  with pytest.raises(ValueError, match=r"trained on task 'polynomial', not "
+                     r"'multiplication'.*--allow_task_mismatch"):
+    evaluate.evaluate_policies(mult, [two_policies[1]], samples=2, prompts=2,
+                               out=str(tmp_path / "ev"), progress=False)
+  cfg = _config(workdir=str(tmp_path / "w"))
+  with pytest.raises(ValueError, match=r"held-out set 'heldout' is empty.*"
+                     r"config\.eval_prompts"):
+    evaluate.evaluate_policies(cfg, [two_policies[1]], samples=2, prompts=0,
+                               out=str(tmp_path / "ev"), progress=False)
+  with pytest.raises(ValueError, match=r"--samples=0: must be >= 1"):
+    evaluate.evaluate_policies(cfg, [two_policies[1]], samples=0, prompts=2,
+                               out=str(tmp_path / "ev"), progress=False)
+  res = subprocess.run(
+      [sys.executable, "-m", "poly_epo.evaluate",
+       f"--config={os.path.join(ROOT, 'configs', 'multiplication.py')}",
+       f"--policy={two_policies[1]}", "--samples=2", "--prompts=2",
+       f"--out={tmp_path / 'ev3'}"], cwd=ROOT, capture_output=True,
+      text=True, timeout=300, env=dict(os.environ, XLA_FLAGS=""))
+  assert res.returncode == 2
+  assert res.stderr.strip().splitlines()[-1].startswith(
+      f"error: --policy {two_policies[1]} was trained on task 'polynomial'")
+
+
 def test_plot_overlays_runs(tmp_path):
   for name, base in (("a", 0.2), ("b", 0.4)):
     d = tmp_path / name

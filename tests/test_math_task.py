@@ -151,3 +151,73 @@ def test_equivalent_answers_vote_together(task):
   assert got[0] == got[1] == got[4]  # One class for 1/2.
   assert got[3] == got[5] == "3" and got[2] is None
   assert got[0] != got[3]
+
+
+def _jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+GOOD = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)}
+        for i in range(1, 5)]
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"problem": "Solve x.", "answer": None}, "missing answer"),
+    ({"problem": "Solve y.", "answer": ""}, "empty answer"),
+    ({"problem": "Solve z.", "answer": "  "}, "empty answer"),
+    ({"problem": "Roots?", "answer": ["2", "-2"]}, "answer is a list"),
+    ({"problem": "Half?", "answer": float("nan")}, "answer is nan"),
+    ({"problem": None, "answer": "3"}, "missing problem"),
+    ({"problem": "", "answer": "3"}, "empty problem"),
+    ({"problem": {"text": "x"}, "answer": "3"}, "problem is a dict"),
+])
+def test_hostile_rows_are_refused_or_dropped_with_a_count(tmp_path, bad,
+                                                          reason):
+  path = _jsonl(tmp_path / "d.jsonl", GOOD[:2] + [bad] + GOOD[2:])
+  with pytest.raises(ValueError, match=rf"d\.jsonl record 3: {reason}"):
+    tasks.get("math", path=path, heldout_fraction=0.0)
+  t = tasks.get("math", path=path, heldout_fraction=0.0, bad_rows="drop")
+  assert sum(t.dropped.values()) == 1 and reason in next(iter(t.dropped))
+  assert len(t.splits["train"]) == 4
+  # Nothing becomes the text "None", "" or a list's repr.
+  assert not {"None", "", "['2', '-2']", "nan"} & set(t.gold.values())
+
+
+def test_numbers_are_converted_explicitly(tmp_path):
+  path = _jsonl(tmp_path / "n.jsonl", [
+      {"problem": "One plus one?", "answer": 2},
+      {"problem": "Two halves?", "answer": 1.0},
+      {"problem": "A half?", "answer": 0.5}])
+  t = tasks.get("math", path=path, heldout_fraction=0.0)
+  assert t.reward(t.format_prompt("One plus one?"), "\\boxed{2}") == 1.0
+  assert t.reward(t.format_prompt("Two halves?"), "\\boxed{1}") == 1.0
+  assert t.gold_answer(t.format_prompt("A half?")) == "0.5"
+
+
+def test_whitespace_duplicates_and_train_eval_conflicts(tmp_path):
+  dup = _jsonl(tmp_path / "dup.jsonl", GOOD + [
+      {"problem": "What is  1 +  1?\n", "answer": "3"}])
+  with pytest.raises(ValueError, match=r"dup\.jsonl record 1 and .*record 5"):
+    tasks.get("math", path=dup, heldout_fraction=0.0)
+  train = _jsonl(tmp_path / "train.jsonl", GOOD)
+  ev = _jsonl(tmp_path / "aime.jsonl", [{"problem": "What is 1 + 1?",
+                                         "answer": "3"}])
+  with pytest.raises(ValueError, match=r"train\.jsonl record 1 and "
+                     r".*aime\.jsonl record 1"):
+    tasks.get("math", path=train, heldout_fraction=0.0,
+              eval_sets={"aime": ev})
+  same = _jsonl(tmp_path / "same.jsonl", [{"problem": "What is 1 + 1? ",
+                                           "answer": "2"}])
+  t = tasks.get("math", path=train, heldout_fraction=0.0,
+                eval_sets={"same": same})
+  p = t.format_prompt("What is 1 + 1?")
+  assert t.reward(p, "\\boxed{2}") == 1.0  # Never overwritten.
+
+
+def test_non_utf8_names_file_and_line(tmp_path):
+  path = tmp_path / "latin1.jsonl"
+  path.write_bytes(json.dumps(GOOD[0]).encode() + b"\n" +
+                   '{"problem": "caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
+  with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8"):
+    tasks.get("math", path=str(path), heldout_fraction=0.0)

@@ -39,7 +39,7 @@ def test_hostile_answers_in_a_large_batch_finish_in_bounded_time():
              "\\boxed{9^{9^{9^{9}}} - 9^{9^{9^{9}}}}"]
   rows, want = [], []
   for i, p in enumerate(prompts):
-    gold = task.gold[p]
+    gold = task.gold_answer(p)
     row, row_want = [], []
     for j in range(16):  # 64 x 16 = 1,024 responses.
       k = i * 16 + j

@@ -155,6 +155,20 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
     ({"rollout.chunk_prompts": -1}, "rollout.chunk_prompts"),
     ({"recompute_old_logprobs": "yes"}, "recompute_old_logprobs"),
     ({"export_dtype": "int4"}, "export_dtype"),
+    ({"lr": -0.01}, "lr"),
+    ({"lr": 0.0}, "lr"),
+    ({"max_new_tokens": 0}, "max_new_tokens"),
+    ({"max_prompt_tokens": 0}, "max_prompt_tokens"),
+    ({"grad_clip": 0.0}, "grad_clip"),
+    ({"weight_decay": -1.0}, "weight_decay"),
+    ({"warmup_steps": -1}, "warmup_steps"),
+    ({"lr_schedule": "linear"}, "lr_schedule"),
+    ({"eval_samples": 0}, "eval_samples"),
+    ({"loss.eps_low": 1.5}, "loss.eps_low"),
+    ({"loss.dual_clip": 0.5}, "loss.dual_clip"),
+    ({"pretrain.lr": 0.0}, "pretrain.lr"),
+    ({"judge.max_concurrency": 0}, "judge.max_concurrency"),
+    ({"prompts_per_step": 3}, "prompts_per_step"),  # 8 batch shards here.
 ])
 def test_impossible_configs_fail_fast(overrides, field):
   cfg = _config(**overrides)
@@ -192,6 +206,47 @@ def test_loss_overrides_apply_per_algorithm():
     config_checks.check_config(cfg)
 
 
+def test_bad_values_write_nothing_and_the_fixed_rerun_is_accepted(
+    base, tmp_path):
+  work = tmp_path / "fix"
+  with pytest.raises(ValueError, match=r"config\.max_new_tokens"):
+    trainer.train(_config(workdir=str(work), base_policy=base,
+                          max_new_tokens=0, **SHORT))
+  assert not (work / "config.json").exists()
+  cfg = _config(workdir=str(work), base_policy=base,
+                **dict(SHORT, steps=1, eval_prompts=0))
+  trainer.train(cfg)
+  assert (work / "config.json").exists()
+  # The same run under another spelling of its workdir resumes.
+  moved = tmp_path / "moved"
+  work.rename(moved)
+  cfg = _config(workdir=str(moved) + "/", base_policy=base,
+                **dict(SHORT, steps=2, eval_prompts=0))
+  trainer.train(cfg)
+  rows = [json.loads(l) for l in open(moved / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "train/loss" in r] == [0, 1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such "
+     "config file"),
+    (["--config", "configs/nope.py"], "error: --config=configs/nope.py: no "
+     "such config file"),
+    (["--config=configs/polynomial.py", "--config.learning_rate=3"],
+     "error: --config.learning_rate: no such config field"),
+    (["--config=configs/polynomial.py", "--config.mesh.fdsp=2"],
+     "error: --config.mesh.fdsp: no such config field (did you mean "
+     "--config.mesh.fsdp?)"),
+])
+def test_command_line_mistakes_are_one_line(args, message):
+  res = subprocess.run([sys.executable, "-m", "poly_epo.train", *args],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, XLA_FLAGS="",
+                                JAX_PLATFORMS="cpu"))
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines() == [message]
+
+
 def test_bad_config_is_one_line_and_non_zero():
   res = subprocess.run(
       [sys.executable, "-m", "poly_epo.train",
@@ -203,3 +258,15 @@ def test_bad_config_is_one_line_and_non_zero():
   assert res.stderr.strip().splitlines()[-1].startswith(
       "error: config.temperature")
   assert "Traceback" not in res.stderr
+
+
+def test_rerunning_a_finished_run_logs_the_final_evaluation_once(
+    base, tmp_path):
+  cfg = dict(SHORT, steps=2, eval_every=0)
+  work = str(tmp_path / "done")
+  trainer.train(_config(workdir=work, base_policy=base, **cfg))
+  summary = trainer.train(_config(workdir=work, base_policy=base, **cfg))
+  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
+  finals = [r for r in rows if r["step"] == 2 and "eval/pass@1" in r]
+  assert len(finals) == 1
+  assert summary["metrics_gaps"] == []

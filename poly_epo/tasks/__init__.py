@@ -12,7 +12,8 @@ from any module (no package edit):
 """
 
 from poly_epo.tasks import math, multiplication, polynomial  # noqa: F401
-from poly_epo.tasks.base import (Task, get, labels_by_answer, register_task,
-                                 task_names)
+from poly_epo.tasks.base import (Task, get, identity, labels_by_answer,
+                                 register_task, task_names)
 
-__all__ = ["Task", "get", "labels_by_answer", "register_task", "task_names"]
+__all__ = ["Task", "get", "identity", "labels_by_answer", "register_task",
+           "task_names"]

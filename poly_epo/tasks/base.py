@@ -14,6 +14,8 @@ and any exception becomes reward 0 / DEGENERATE / no answer, counted in
 
 from __future__ import annotations
 
+import json
+
 import collections
 from typing import Sequence
 
@@ -121,6 +123,14 @@ class Task:
     except Exception:  # noqa: BLE001
       self.errors["answer"] += 1
       return None
+
+
+def identity(name: str, options) -> dict:
+  """What a policy records of the task it was trained on (name and options,
+  as JSON), so evaluation can check it evaluates the same task."""
+  opts = options.to_dict() if hasattr(options, "to_dict") else dict(options)
+  return {"name": name,
+          "options": json.loads(json.dumps(opts, sort_keys=True, default=str))}
 
 
 def labels_by_answer(answers: Sequence[str | None]) -> list[int]:

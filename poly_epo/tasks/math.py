@@ -24,7 +24,8 @@ import os
 import numpy as np
 
 from poly_epo.tasks.base import Task, register_task
-from poly_epo.tasks.math_data import load_records
+from poly_epo.tasks.math_data import (check_conflicts, load_records,
+                                      normalise_problem)
 from poly_epo.tasks.math_check import (answers_match, final_answer, last_boxed,
                                        math_verify, normalise)
 from poly_epo.tasks.sandbox import AnswerPool
@@ -42,7 +43,9 @@ class MathTask(Task):
   `heldout_fraction`, `chat_template` (auto | none), `workers` and
   `answer_timeout` (the answer pool), `eval_sets` ({name: path}: held-out
   sets evaluated separately, e.g. the authors' MATH-500, AIME25,
-  BeyondAIME, Minerva). Files: flat JSONL / Parquet or verl's format."""
+  BeyondAIME, Minerva), `bad_rows` (error | drop: invalid rows refused, or
+  skipped and counted in `self.dropped`). Files: flat JSONL / Parquet or
+  verl's format."""
 
   embedded = False
   max_response_chars = 16384
@@ -51,7 +54,7 @@ class MathTask(Task):
                problem_field: str = "problem", answer_field: str = "answer",
                heldout_fraction: float = 0.1, chat_template: str = "auto",
                workers: int = 0, answer_timeout: float = 5.0,
-               eval_sets=None):
+               eval_sets=None, bad_rows: str = "error"):
     super().__init__()
     if math_verify is None:
       raise ImportError("the math task checks answers with math-verify: "
@@ -60,7 +63,9 @@ class MathTask(Task):
       raise ValueError(f"config.task.options.chat_template={chat_template!r}:"
                        " 'auto' (the tokenizer's template) or 'none'")
     self.chat_template = chat_template
-    load = lambda p: load_records(p, problem_field, answer_field)
+    self.dropped = collections.Counter()  # Bad rows skipped, per reason.
+    load = lambda p: load_records(p, problem_field, answer_field, bad_rows,
+                                  self.dropped)
     rows = load(path)
     if heldout_path:
       self.splits = {"train": rows, "heldout": load(heldout_path)}
@@ -74,10 +79,17 @@ class MathTask(Task):
     for name, set_path in dict(eval_sets or {}).items():
       if set_path:
         self.named_sets[name] = load(set_path)
+    check_conflicts({"train": rows, **self.splits, **self.named_sets})
+    # References keyed by the normalised problem (never by formatted text:
+    # two spellings of one problem share one reference).
     self.gold = {}
     for split_rows in [*self.splits.values(), *self.named_sets.values()]:
       for r in split_rows:
-        self.gold[self.format_prompt(r.problem)] = r.answer
+        self.gold[self._key(r.problem)] = r.answer
+    if self.dropped:
+      print("math data: dropped rows (config.task.options.bad_rows=drop): "
+            + ", ".join(f"{why}: {n}" for why, n in
+                        sorted(self.dropped.items())))
     self.pool = AnswerPool(workers or os.cpu_count() or 1, answer_timeout)
 
   @staticmethod
@@ -137,6 +149,19 @@ class MathTask(Task):
         d[name] = kept
     return dropped
 
+  @staticmethod
+  def _key(text: str) -> str:
+    """A problem's (or its prompt's) key: without the instruction, with
+    whitespace collapsed."""
+    text = text.rstrip()
+    if text.endswith(INSTRUCTION):
+      text = text[:-len(INSTRUCTION)]
+    return normalise_problem(text)
+
+  def gold_answer(self, prompt: str) -> str | None:
+    """The reference answer of a prompt made by `format_prompt`."""
+    return self.gold.get(self._key(prompt))
+
   def _cut(self, response) -> str:
     """Long responses keep their end, where the final answer is."""
     if not isinstance(response, str):
@@ -148,10 +173,11 @@ class MathTask(Task):
     return None if ans is None else normalise(ans)
 
   def _reward(self, prompt, response):
-    if prompt not in self.gold:
+    gold = self.gold_answer(prompt)
+    if gold is None:
       raise KeyError("prompt not from this task")
     ans = final_answer(response)
-    return float(ans is not None and answers_match(self.gold[prompt], ans))
+    return float(ans is not None and answers_match(gold, ans))
 
   def group_answers(self, prompt, answers, max_classes: int = 16):
     """Equivalent answers vote together (`0.5` with `\\frac{1}{2}`): the
@@ -176,7 +202,7 @@ class MathTask(Task):
                    np.float32)
     jobs, where = [], []
     for i, (prompt, row) in enumerate(zip(prompts, rows)):
-      gold = self.gold.get(prompt)
+      gold = self.gold_answer(prompt)
       for j, response in enumerate(row):
         try:
           ans = final_answer(self._cut(response))
