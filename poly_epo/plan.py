@@ -400,4 +400,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  from poly_epo.cli import parse_flags
+  sys.exit(app.run(main, flags_parser=parse_flags))

@@ -152,4 +152,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file(
       "config", None, "Experiment config file (configs/*.py).",
       lock_config=True)
-  sys.exit(app.run(main))
+  from poly_epo.cli import parse_flags
+  sys.exit(app.run(main, flags_parser=parse_flags))

@@ -205,4 +205,5 @@ if __name__ == "__main__":
                       "comma-separated algorithms")
   flags.DEFINE_integer("samples", 256, "samples per held-out prompt")
   flags.DEFINE_string("out", "", "output folder (default runs/study_<task>)")
-  sys.exit(app.run(main))
+  from poly_epo.cli import parse_flags
+  sys.exit(app.run(main, flags_parser=parse_flags))
