@@ -1,5 +1,8 @@
 """Multi-host training through `jax.distributed`: 2 local CPU processes with 2
-devices each run 3 steps and agree with one process on 4 devices."""
+devices each run 3 steps (HTTP judge labels from a local server) and agree
+with one process on 4 devices, also when both are stopped by SIGTERM and the
+same command resumes them; one host's start-up error stops both with one
+line; per-host workdirs are refused."""
 
 import json
 import os
@@ -17,6 +20,28 @@ STEPS = 3
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
   return tiny_base(tmp_path_factory.mktemp("mh_base"), steps=30)
+
+
+@pytest.fixture(scope="module")
+def judge_args():
+  """A local OpenAI-compatible judge (tests/test_judges.py's handler)."""
+  import http.server
+  import threading
+  from test_judges import _Handler
+  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+  threading.Thread(target=srv.serve_forever, daemon=True).start()
+  yield ["--config.judge.kind=http", "--config.judge.model=j",
+         f"--config.judge.url=http://127.0.0.1:{srv.server_address[1]}/v1"]
+  srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reference(base, judge_args, tmp_path_factory):
+  """One process on 4 devices: the run every 2-process run must equal."""
+  work = str(tmp_path_factory.mktemp("mh_ref") / "single")
+  subprocess.run(_cmd(work, base, *judge_args), check=True, env=_env(4),
+                 cwd=ROOT, capture_output=True, timeout=600)
+  return work
 
 
 def _free_port():
@@ -49,27 +74,26 @@ def _rows(workdir):
   return out
 
 
-def test_two_processes_agree_with_one_process_on_four_devices(base, tmp_path):
-  single = str(tmp_path / "single")
-  subprocess.run(_cmd(single, base), check=True, env=_env(4), cwd=ROOT,
-                 capture_output=True, timeout=600)
-  multi = str(tmp_path / "multi")
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(multi, base, "--config.distributed=True",
-           f"--config.coordinator_address=127.0.0.1:{port}",
-           "--config.num_processes=2", f"--config.process_id={i}"),
-      env=_env(2), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True) for i in range(2)]
-  logs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  ref, got = _rows(single), _rows(multi)
-  assert sorted(ref) == sorted(got)
-  assert [s for kind, s in sorted(got) if kind == "train"] == [0, 1, 2]
-  for key, row in ref.items():
+def _same_rows(want_dir, got_dir):
+  want, got = _rows(want_dir), _rows(got_dir)
+  assert sorted(want) == sorted(got)
+  for key, row in want.items():
     for k, v in row.items():
       assert got[key][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (key, k)
+
+
+def test_two_processes_agree_with_one_process_on_four_devices(
+    base, judge_args, reference, tmp_path):
+  multi = str(tmp_path / "multi")
+  procs = _launch([multi] * 2, base, *judge_args)
+  logs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  logs = [out for out, _ in logs]
+  _same_rows(reference, multi)
+  assert [s for kind, s in sorted(_rows(multi)) if kind == "train"] == [
+      0, 1, 2]
+  assert "train/judge/failed_fraction" in _rows(multi)[("train", 2)]
   # Only process 0 printed the summary table; both wrote one policy/export.
   assert "held-out" in logs[0] and "held-out" not in logs[1]
   for name in ("policy", "policy_hf", "summary.json", "checkpoints"):
@@ -120,47 +144,30 @@ def test_per_host_workdirs_are_refused_as_not_shared(base, tmp_path):
 
 
 def test_sigterm_stops_cleanly_and_the_rerun_matches_an_uninterrupted_run(
-    base, tmp_path):
+    base, judge_args, reference, tmp_path):
   import signal
-  import threading
   import time
-  import http.server
-  from test_judges import _Handler
-  srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-  threading.Thread(target=srv.serve_forever, daemon=True).start()
-  judge = ["--config.judge.kind=http", "--config.judge.model=j",
-           f"--config.judge.url=http://127.0.0.1:{srv.server_address[1]}/v1",
-           "--config.steps=4", "--config.ckpt_every=10"]
-  try:
-    ref = str(tmp_path / "ref")
-    subprocess.run(_cmd(ref, base, *judge), check=True, env=_env(4),
-                   cwd=ROOT, capture_output=True, timeout=600)
-    work = str(tmp_path / "multi")
-    procs = _launch([work] * 2, base, *judge)
-    metrics = os.path.join(work, "metrics.jsonl")
-    deadline = time.time() + 300
-    while time.time() < deadline and not (
-        os.path.exists(metrics) and "train/loss" in open(metrics).read()):
-      time.sleep(0.05)
-    for p in procs:
-      p.send_signal(signal.SIGTERM)
-    logs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, logs):
-      assert p.returncode == 143, err[-2000:]
-      assert "stopped by SIGTERM" in err
-    ckpts = os.listdir(os.path.join(work, "checkpoints"))
-    assert ckpts and all(int(c) < 4 for c in ckpts if c.isdigit()), ckpts
-    assert not os.path.exists(os.path.join(work, ".lock"))
-    assert os.listdir(os.path.join(work, "judge_cache"))
-    procs = _launch([work] * 2, base, *judge)
-    for p in procs:
-      _, err = p.communicate(timeout=600)
-      assert p.returncode == 0, err[-3000:]
-  finally:
-    srv.shutdown()
-  want, got = _rows(ref), _rows(work)
-  assert sorted(want) == sorted(got)
-  for key, row in want.items():
-    for k, v in row.items():
-      assert got[key][k] == pytest.approx(v, rel=1e-4, abs=1e-5), (key, k)
-  assert "train/judge/failed_fraction" in want[("train", 3)]
+  work = str(tmp_path / "multi")
+  args = [*judge_args, "--config.ckpt_every=10"]  # Only SIGTERM checkpoints.
+  procs = _launch([work] * 2, base, *args)
+  metrics = os.path.join(work, "metrics.jsonl")
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      os.path.exists(metrics) and "train/loss" in open(metrics).read()):
+    time.sleep(0.05)
+  for p in procs:
+    p.send_signal(signal.SIGTERM)
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in err
+  ckpts = [c for c in os.listdir(os.path.join(work, "checkpoints"))
+           if c.isdigit()]
+  assert ckpts and all(int(c) < STEPS for c in ckpts), ckpts
+  assert not os.path.exists(os.path.join(work, ".lock"))
+  assert os.listdir(os.path.join(work, "judge_cache"))
+  procs = _launch([work] * 2, base, *args)
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  _same_rows(reference, work)
