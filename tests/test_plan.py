@@ -95,3 +95,28 @@ def test_without_libtpu_tpu_chips_fall_back_to_xla_cpu_and_say_so():
   assert res.returncode == 0, res.stderr[-2000:]
   p = json.loads(res.stdout)
   assert p["compiler"] == "xla-cpu" and "tpu extra" in p["compiler_note"]
+
+
+def test_an_in_process_judge_is_counted_per_host_device(tmp_path):
+  import importlib.util
+  from hf_fixtures import tiny_hf_config
+  from poly_epo import plan as plan_mod
+  cfg_hf = tiny_hf_config("qwen3")
+  cfg_hf.save_pretrained(str(tmp_path))  # config.json is all it reads.
+  spec = importlib.util.spec_from_file_location(
+      "polycfg", os.path.join(ROOT, "configs", "polynomial.py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  cfg = mod.get_config()
+  cfg.model.dtype = "bfloat16"
+  cfg.judge.kind, cfg.judge.path = "inprocess", str(tmp_path)
+
+  class Dev:  # Two hosts of four devices.
+    def __init__(self, p):
+      self.process_index = p
+  devices = [Dev(p) for p in (0, 0, 0, 0, 1, 1, 1, 1)]
+  from poly_epo.models import ModelConfig
+  n = ModelConfig.from_hf_json(str(tmp_path)).num_params
+  assert plan_mod.judge_bytes(cfg, devices) == int(n * 2 / 4)
+  cfg.judge.kind = "http"
+  assert plan_mod.judge_bytes(cfg, devices) == 0
