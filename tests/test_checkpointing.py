@@ -4,27 +4,17 @@ an undamaged run; a run whose checkpoints are all damaged stops with one
 line naming the workdir."""
 
 import glob
-import json
 import os
 import shutil
 
 import pytest
 
 from poly_epo import trainer
+from test_multihost import _same_rows
 from test_trainer import _config, base  # noqa: F401  (fixture)
 
 RUN = dict(steps=4, prompts_per_step=8, ckpt_every=2, keep_checkpoints=3,
            eval_every=0, eval_prompts=4, eval_samples=4, export_hf=False)
-
-
-def _rows(workdir):
-  out = {}
-  for line in open(os.path.join(workdir, "metrics.jsonl")):
-    rec = json.loads(line)
-    kind = "train" if "train/loss" in rec else "eval"
-    out[(kind, rec["step"])] = {k: v for k, v in rec.items()
-                                if not k.endswith("_tok_s")}
-  return out
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +52,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(
   assert "checkpoint step 4" in said and "could not be restored" in said
   assert "resumed from the older checkpoint, step 2" in said
   assert os.path.isdir(os.path.join(work, "checkpoints_damaged", "4"))
-  want, got = _rows(reference), _rows(work)
-  assert sorted(want) == sorted(got)
-  for key, row in want.items():
-    for k, v in row.items():
-      assert got[key][k] == pytest.approx(v, rel=1e-5, abs=1e-6), (key, k)
+  _same_rows(reference, work)
 
 
 def test_no_restorable_checkpoint_is_one_line_naming_the_workdir(
