@@ -44,6 +44,7 @@ ssh_all() {
   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all \
     --command "$1"
 }
+ssh_all 'mkdir -p ~/poly_epo'
 gcloud compute tpus tpu-vm scp --zone "$ZONE" --worker=all --recurse \
   ./poly_epo ./configs ./setup.py ./README.md "$TPU_NAME":~/poly_epo/
 # Quote every argument once for the remote shell.
