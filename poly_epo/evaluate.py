@@ -184,7 +184,9 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   eval.json and the overlay PNGs; return the (first set's) eval.json
   content (JSON types: string keys for k). Strategy labels come from the
   config's judge when it has one, else from the task."""
-  from poly_epo import checkpointing, tasks, trainer
+  from poly_epo import checkpointing, tasks
+  from poly_epo.judges.factory import make_judge
+  from poly_epo.run_config import flat_config
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
   if samples < 1:
     raise ValueError(f"--samples={samples}: must be >= 1")
@@ -196,7 +198,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
           f"the held-out set {name!r} is empty: set --prompts or "
           "config.eval_prompts >= 1, or give config.task.options.eval_sets "
           "files with problems")
-  judge = trainer.make_judge(cfg) if cfg.judge.kind != "task" else None
+  judge = make_judge(cfg) if cfg.judge.kind != "task" else None
   loaded = {}
   for spec in policies:
     path = (cfg.base_policy or storage.join(cfg.workdir, "base")) \
@@ -219,7 +221,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
       reports[name] = ev
       sources[name] = {"path": storage.absolute(path),
                        "steps": meta.get("steps")}
-    result = {"config": trainer._flat_config(cfg), "task": cfg.task.name,
+    result = {"config": flat_config(cfg), "task": cfg.task.name,
               "set": set_name, "prompts": len(heldout), "samples": samples,
               "policies": {n: {**sources[n], **reports[n]} for n in reports}}
     results[set_name] = _write_eval(

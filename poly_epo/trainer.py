@@ -23,116 +23,17 @@ import tqdm
 from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
-                      distributed, evaluate, export, judges, metrics,
-                      pretrain, rollout, set_rl, sharding, storage, tasks,
-                      update)
+                      distributed, evaluate, export, metrics, pretrain,
+                      rollout, set_rl, sharding, storage, tasks, update)
+from poly_epo.judges.factory import JudgeWatch, make_judge
+from poly_epo.run_config import check_workdir, flat_config, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
 from poly_epo.tokenizer import chat_format, decode_completions, encode_prompts
-
-# Fields that may change between a run and its resumption (or differ between
-# the processes of one run).
-RESUMABLE_FIELDS = ("steps", "eval_every", "ckpt_every", "keep_checkpoints",
-                    "progress", "coordinator_address", "num_processes",
-                    "process_id", "distributed", "export_hf", "judge.url",
-                    "judge.timeout", "judge.max_concurrency",
-                    "compilation_cache_dir", "lock_timeout_s", "workdir")
-
-
-def _flat_config(cfg) -> dict:
-  out = {}
-
-  def walk(prefix, d):
-    for k, v in d.items():
-      key = f"{prefix}{k}"
-      if hasattr(v, "items"):
-        walk(key + ".", v)
-      else:
-        out[key] = v if isinstance(v, (int, float, str, bool)) or v is None \
-            else str(v)
-  walk("", cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
-  return out
-
 
 def _write_json(obj, path: str) -> None:
   """Atomic JSON write by the main process (any storage)."""
   if distributed.is_main():
     storage.write_json(path, obj)
-
-
-def check_workdir(cfg) -> None:
-  """Refuse a workdir that belongs to a different config (every process
-  reads the shared config.json; nothing is written here)."""
-  path = storage.join(cfg.workdir, "config.json")
-  if not storage.exists(path):
-    return
-  mine, theirs = _flat_config(cfg), storage.read_json(path)
-  diff = sorted(k for k in set(mine) | set(theirs)
-                if k not in RESUMABLE_FIELDS and mine.get(k) != theirs.get(k))
-  if diff:
-    raise ValueError(
-        f"workdir {cfg.workdir!r} holds a run of a different config "
-        f"(fields differ: {', '.join(diff[:8])}); use another "
-        "--config.workdir or delete it")
-
-
-def make_judge(cfg):
-  """The configured LM judge, checked at start-up (endpoint answers, or the
-  in-process model's context holds N responses), or None (task labels).
-
-  On several processes the HTTP judge's `max_concurrency` is the run's, split
-  over the processes, and its cache is the run's shared
-  `<workdir>/judge_cache/`; the in-process judge lives on this host's
-  devices in the compute dtype."""
-  j = cfg.judge
-  if j.kind == "http":
-    per_process = -(-j.max_concurrency // jax.process_count())
-    judge = judges.HttpJudge(j.url, j.model, timeout=j.timeout,
-                             max_concurrency=max(per_process, 1),
-                             max_tokens=j.max_reply_tokens,
-                             max_response_tokens=j.max_response_tokens,
-                             cache_dir=storage.join(cfg.workdir,
-                                                    "judge_cache"))
-    judge.health_check()
-    return judge
-  if j.kind == "inprocess":
-    local = jax.local_devices()
-    judge = judges.InProcessJudge(
-        j.path, max_new_tokens=j.max_reply_tokens,
-        max_response_tokens=j.max_response_tokens, dtype=cfg.model.dtype,
-        mesh=sharding.make_mesh(1, len(local), 1, devices=local))
-    judge.check_budget(cfg.num_samples)
-    return judge
-  return None
-
-
-class JudgeWatch:
-  """Per-step judge outcome fractions, and the stop rule: more than
-  `max_failed_fraction` of the calls failed over the last `window` steps."""
-
-  def __init__(self, max_failed_fraction: float, window: int):
-    self.limit, self.window = max_failed_fraction, window
-    self.recent: list[float] = []
-
-  def step(self, statuses_counts: np.ndarray, step: int) -> dict:
-    """statuses_counts: [ok, failed, wrong_count] summed over processes."""
-    total = max(float(statuses_counts.sum()), 1.0)
-    row = {"judge/failed_fraction": float(statuses_counts[1] / total),
-           "judge/wrong_count_fraction": float(statuses_counts[2] / total)}
-    self.recent = (self.recent + [row["judge/failed_fraction"]])[
-        -self.window:]
-    return row
-
-  def check(self, step: int) -> None:
-    """Raise when the judge failed too often over the window."""
-    if len(self.recent) == self.window and \
-        float(np.mean(self.recent)) > self.limit:
-      raise RuntimeError(
-          f"the strategy judge failed on {np.mean(self.recent):.0%} of its "
-          f"calls over the last {self.window} steps (step {step}; "
-          f"config.judge.max_failed_fraction={self.limit}): stopping rather "
-          "than silently training on mean reward. Fix the judge (endpoint "
-          "up? model name? replies parse?) and start the same command again: "
-          "the run resumes from its last checkpoint.")
 
 
 def model_overrides(cfg) -> dict:
@@ -404,29 +305,12 @@ def train(cfg) -> dict:
       check_workdir(given)
       task = tasks.get(cfg.task.name, **dict(cfg.task.options))
       judge = make_judge(cfg)
-    _write_json(_flat_config(given), storage.join(cfg.workdir, "config.json"))
+    _write_json(flat_config(given), storage.join(cfg.workdir, "config.json"))
     compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir)
     with distributed.StopRequest() as stop:
       return _train(cfg, task, judge, stop)
   finally:
     lock.release()
-
-
-def resolve_config(cfg):
-  """`cfg` with its 0 = derive fields (mesh.fsdp, num_microbatches,
-  rollout.chunk_prompts) filled for these devices (`poly_epo.autoscale`);
-  config.json records the fields as given, so one file serves any slice."""
-  from poly_epo import autoscale
-  memory = autoscale.device_memory(jax.devices())
-  needs = cfg.num_microbatches == 0 or cfg.rollout.chunk_prompts == 0
-  mcfg = autoscale.model_config(cfg) if memory and needs else None
-  out = autoscale.resolve(cfg, jax.device_count(), memory, mcfg,
-                          jax.process_count())
-  derived = autoscale.derived_fields(cfg, out)
-  if derived and distributed.is_main():
-    print("derived for these devices: " + ", ".join(
-        f"{k}={v}" for k, v in derived.items()))
-  return out
 
 
 class Preempted(RuntimeError):

@@ -173,7 +173,7 @@ def test_http_json_mode_falls_back_and_health_check(server):
 
 def test_judge_watch_stops_a_run_whose_judge_keeps_failing():
   import numpy as np
-  from poly_epo.trainer import JudgeWatch
+  from poly_epo.judges.factory import JudgeWatch
   w = JudgeWatch(0.5, window=3)
   row = w.step(np.array([3.0, 1.0, 0.0]), 0)
   assert row["judge/failed_fraction"] == 0.25

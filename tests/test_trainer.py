@@ -1,4 +1,4 @@
-"""poly_epo.trainer / train: a short run's outputs, SIGKILL-and-resume
+"""poly_epo.trainer / train (and run_config): a short run's outputs, SIGKILL-and-resume
 equality, config guards, and stopping on repeated non-finite updates."""
 
 import importlib.util
@@ -270,3 +270,24 @@ def test_rerunning_a_finished_run_logs_the_final_evaluation_once(
   finals = [r for r in rows if r["step"] == 2 and "eval/pass@1" in r]
   assert len(finals) == 1
   assert summary["metrics_gaps"] == []
+
+
+def test_nothing_below_the_loop_imports_the_trainer():
+  """Only the entry points (train, study) import poly_epo.trainer."""
+  import ast
+  found = []
+  for folder, _, files in os.walk(os.path.join(ROOT, "poly_epo")):
+    for name in files:
+      path = os.path.join(folder, name)
+      if not name.endswith(".py") or name in ("trainer.py", "train.py",
+                                              "study.py"):
+        continue
+      for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.ImportFrom):
+          names = [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+          names = [a.name for a in node.names]
+        if any(n.startswith("poly_epo.trainer") for n in names):
+          found.append(path)
+  assert not found, found
