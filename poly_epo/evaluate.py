@@ -225,20 +225,25 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
               "set": set_name, "prompts": len(heldout), "samples": samples,
               "policies": {n: {**sources[n], **reports[n]} for n in reports}}
     results[set_name] = _write_eval(
-        result, out if len(sets) == 1 else os.path.join(out, set_name))
+        result, out if len(sets) == 1 else storage.join(out, set_name))
   return next(iter(results.values()))
 
 
 def _write_eval(result: dict, out: str) -> dict:
-  """eval.json (atomically) and the overlay plots; the JSON as read back."""
+  """eval.json (atomically) and the overlay plots, on any storage (`gs://`
+  included: the PNGs are drawn locally and copied up); the JSON as read
+  back."""
+  import shutil
   from poly_epo import plots
-  os.makedirs(out, exist_ok=True)
-  path = os.path.join(out, "eval.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(result, f, indent=1)
-  os.replace(path + ".tmp", path)
+  storage.makedirs(out)
+  storage.write_text(storage.join(out, "eval.json"),
+                     json.dumps(result, indent=1))
   result = json.loads(json.dumps(result))
-  plots.plot_eval(result["policies"], out)
+  stage = storage.staging_dir(out)
+  plots.plot_eval(result["policies"], stage)
+  if stage != out:
+    storage.upload(stage, out)
+    shutil.rmtree(stage, ignore_errors=True)
   return result
 
 
@@ -273,7 +278,7 @@ def main(argv):
   embedded = tasks.get(cfg.task.name, **dict(cfg.task.options)).embedded
   samples = f.samples if f.samples is not None else (
       256 if embedded else cfg.eval_samples)
-  out = f.out or os.path.join(cfg.workdir, "eval")
+  out = f.out or storage.join(cfg.workdir, "eval")
   try:
     result = evaluate_policies(cfg, f.policy, samples=samples,
                                prompts=f.prompts or cfg.eval_prompts, out=out,
