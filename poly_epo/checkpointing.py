@@ -134,15 +134,15 @@ def load_any(path: str, mesh=None, **config_overrides):
       "nor a Hugging Face folder (config.json + *.safetensors)")
 
 
-def _first_line(e: Exception) -> str:
-  """An Orbax / TensorStore error as one line naming the file when it does."""
+def _first_line(e: Exception, where: str) -> str:
+  """An Orbax / TensorStore error as one line naming the file (the one in
+  the message when there is one, else the checkpoint's folder `where`)."""
   import re
-  text = str(e) or type(e).__name__
-  path = re.search(r"(/[^\s'\"]+)", text)
-  head = text.strip().splitlines()[0][:200]
-  return f"{type(e).__name__}: {head}" + (
-      f" [file {path.group(1)}]" if path and path.group(1) not in head else
-      "")
+  text = str(e).strip() or type(e).__name__
+  head = re.split(r"\s*See full TensorStore details|\s*<bound method",
+                  text.splitlines()[0])[0][:200]
+  path = re.search(r"(/[^\s'\"<>]+)", text)
+  return f"{type(e).__name__}: {head} [file {path.group(1) if path else where}]"
 
 
 class TrainCheckpoints:
@@ -172,7 +172,7 @@ class TrainCheckpoints:
       try:
         params2, opt2 = self.restore(step, params, opt_state)
       except Exception as e:  # noqa: BLE001 - reported, then the next one.
-        msg = _first_line(e)
+        msg = _first_line(e, storage.join(self.dir, str(step)))
         failures.append(f"step {step}: {msg}")
         log(f"checkpoint step {step} in {self.dir} could not be restored "
             f"({msg}); trying an older one")
