@@ -26,7 +26,7 @@ import copy
 import numpy as np
 
 HEADROOM = 0.9
-_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def device_memory(devices) -> int | None:
@@ -38,7 +38,7 @@ def device_memory(devices) -> int | None:
   return stats.get("bytes_limit")
 
 
-def _divisors(n: int):
+def divisors(n: int):
   return [d for d in range(1, n + 1) if n % d == 0]
 
 
@@ -52,9 +52,9 @@ def param_bytes_per_device(mcfg, shards: int) -> dict:
   """Master params, AdamW state, gradients and the compute-dtype sampler
   copy, per device, with parameters sharded `shards` ways."""
   n = mcfg.num_params
-  master = _ITEMSIZE[mcfg.param_dtype] * n / shards
+  master = ITEMSIZE[mcfg.param_dtype] * n / shards
   compute = 0 if mcfg.dtype == mcfg.param_dtype else \
-      _ITEMSIZE[mcfg.dtype] * n / shards
+      ITEMSIZE[mcfg.dtype] * n / shards
   return {"params": master, "optimizer": 2 * master, "gradients": master,
           "sampler_params": compute}
 
@@ -64,7 +64,7 @@ def kv_bytes_per_prompt(mcfg, cfg) -> float:
   devices together."""
   width = cfg.max_prompt_tokens + cfg.max_new_tokens
   return (cfg.num_samples * width * mcfg.num_layers * 2 * mcfg.num_kv_heads
-          * mcfg.head_dim * _ITEMSIZE[mcfg.dtype])
+          * mcfg.head_dim * ITEMSIZE[mcfg.dtype])
 
 
 def model_config(cfg):
@@ -105,7 +105,7 @@ def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
     parts = param_bytes_per_device(mcfg, fsdp * cfg.mesh.tensor)
     fixed = parts["params"] + parts["optimizer"]
   if cfg.num_microbatches == 0:
-    ok = [m for m in _divisors(per_mini) if (per_mini // m) % shards == 0]
+    ok = [m for m in divisors(per_mini) if (per_mini // m) % shards == 0]
     # Memory known (an accelerator): one sequence per batch shard per
     # micro-batch, the setting the TPU compiler shows the 4B recipe needs
     # (its update temporaries do not shrink in proportion to the
@@ -114,7 +114,7 @@ def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
     cfg.num_microbatches = (max(ok) if ok else 1) if known else 1
   if cfg.rollout.chunk_prompts == 0 and known:
     b = cfg.prompts_per_step
-    ok = [c for c in _divisors(b) if (c * cfg.num_samples) % shards == 0
+    ok = [c for c in divisors(b) if (c * cfg.num_samples) % shards == 0
           and c % processes == 0]
     kv = kv_bytes_per_prompt(mcfg, cfg) / shards
     # Decode temporaries: logits and sampling of the chunk's rows.

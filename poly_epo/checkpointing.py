@@ -18,7 +18,6 @@ is collective and the main process writes the rest.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -56,11 +55,8 @@ def save_policy(path: str, model: Transformer, tokenizer, meta: dict | None
   if distributed.is_main():
     storage.write_json(storage.join(path, "model_config.json"),
                        config_to_dict(model.cfg))
-    tok_dir = storage.staging_dir(storage.join(path, "tokenizer"))
-    tokenizer.save_pretrained(tok_dir)
-    if storage.is_url(path):
-      storage.upload(tok_dir, storage.join(path, "tokenizer"))
-      shutil.rmtree(tok_dir, ignore_errors=True)
+    with storage.staged(storage.join(path, "tokenizer")) as tok_dir:
+      tokenizer.save_pretrained(tok_dir)
     storage.write_json(storage.join(path, "meta.json"), meta or {})
     storage.finish_folder(path, {"kind": "policy"})
   distributed.barrier("save_policy:done")
@@ -166,30 +162,28 @@ class TrainCheckpoints:
     saves can reuse its number) and the next older one is tried. (0, params,
     opt_state) when there is none; RuntimeError naming the workdir when
     none restores."""
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    failures = []
-    for step in steps:
+    failed: dict[int, str] = {}  # step -> why it did not restore
+    for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         params2, opt2 = self.restore(step, params, opt_state)
       except Exception as e:  # noqa: BLE001 - reported, then the next one.
-        msg = _first_line(e, storage.join(self.dir, str(step)))
-        failures.append(f"step {step}: {msg}")
+        failed[step] = _first_line(e, storage.join(self.dir, str(step)))
         log(f"checkpoint step {step} in {self.dir} could not be restored "
-            f"({msg}); trying an older one")
+            f"({failed[step]}); trying an older one")
         continue
-      if failures:
-        self._set_aside([int(f.split(":")[0].split()[1]) for f in failures])
+      if failed:
+        self._set_aside(failed)
         log(f"resumed from the older checkpoint, step {step}")
       return step, params2, opt2
-    if failures:
-      raise RuntimeError(
-          f"no checkpoint under {self.dir} restores ({'; '.join(failures)});"
-          " move the checkpoints folder away to start over")
+    if failed:
+      why = "; ".join(f"step {s}: {m}" for s, m in failed.items())
+      raise RuntimeError(f"no checkpoint under {self.dir} restores ({why}); "
+                         "move the checkpoints folder away to start over")
     return 0, params, opt_state
 
   def _set_aside(self, steps) -> None:
     if distributed.is_main():
-      aside = storage.join(self.dir + "_damaged")
+      aside = self.dir + "_damaged"
       storage.makedirs(aside)
       for step in steps:
         src = storage.Path(storage.join(self.dir, str(step)))

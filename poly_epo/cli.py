@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import sys
 
 from absl import flags
@@ -44,13 +43,10 @@ def _load(path: str):
 def _one_line(argv, err: Exception) -> str:
   """What went wrong, naming the flag or field."""
   config = config_path(argv)
-  if config is not None and not os.path.isfile(config.split(":")[0]):
-    return f"--config={config}: no such config file"
   text = str(err)
-  bad = re.search(r"--?config\.([\w.]+)", " ".join(argv)) and [
-      a for a in argv if a.startswith("--config.")]
   if isinstance(err, (AttributeError, KeyError)) or "not found" in text:
-    names = [a.split("=", 1)[0][len("--config."):] for a in (bad or [])]
+    names = [a.split("=", 1)[0][len("--config."):] for a in argv
+             if a.startswith("--config.")]
     cfg = _load(config) if config else None
     known = list(_fields(cfg)) if cfg is not None else []
     for name in names:
@@ -68,9 +64,11 @@ def parse_flags(argv):
   """absl's flag parser, with one-line errors (exit 1; the traceback with
   POLY_EPO_TRACEBACK=1)."""
   config = config_path(argv)
+  if config is not None and not os.path.isfile(config.split(":")[0]):
+    # config_flags would only fail later, on first access, with a traceback.
+    print(f"error: --config={config}: no such config file", file=sys.stderr)
+    sys.exit(1)
   try:
-    if config is not None and not os.path.isfile(config.split(":")[0]):
-      raise FileNotFoundError(config)
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - reported in one line.
     if os.environ.get("POLY_EPO_TRACEBACK"):

@@ -24,8 +24,7 @@ def cache_dir(setting: str, workdir: str) -> str | None:
     return storage.absolute(os.path.expanduser(setting))
   if storage.is_url(workdir):
     return storage.join(workdir, "jax_cache")
-  return os.path.join(os.environ.get("POLY_EPO_CACHE", os.path.expanduser(
-      "~/.cache/poly_epo")), "jax_cache")
+  return os.path.join(storage.cache_root(), "jax_cache")
 
 
 def enable(setting: str, workdir: str) -> str | None:

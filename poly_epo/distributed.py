@@ -1,7 +1,7 @@
 """Multi-host plumbing: which process does what, and the workdir lock.
 
 Every process runs the same program (JAX multi-controller SPMD). Each owns a
-contiguous block of every batch (`process_block`): it builds that share of
+contiguous block of every batch (`prompt_blocks`): it builds that share of
 prompts and rollouts, scores it, and the global batch is assembled with
 `jax.make_array_from_process_local_data` (`sharding.global_batch`). Host-side
 numbers that span the batch (rewards, labels, judge counts) are gathered with
@@ -65,15 +65,6 @@ def allgather(x) -> np.ndarray:
     return x
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
-def process_block(mesh, n: int) -> tuple[int, int]:
-  """[start, stop) of the rows of an n-row batch, sharded over the mesh's
-  batch axes, that live on this process's devices."""
-  from poly_epo import sharding
-  if jax.process_count() == 1:
-    return 0, n
-  return sharding.process_row_blocks(mesh, n)[jax.process_index()]
 
 
 def prompt_blocks(mesh, prompts: int, num_samples: int) -> list[tuple]:
@@ -209,27 +200,30 @@ class StopRequest:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def shared_workdir_check(workdir: str, nonce: str) -> None:
-  """Every host must read back the nonce process 0 wrote into the workdir:
-  per-host local disks would scatter checkpoints and hang resumes."""
-  path = storage.join(workdir, ".poly_epo_nonce")
-  try:
-    seen = storage.read_text(path).strip()
-  except (OSError, FileNotFoundError):
-    seen = None
-  if seen != nonce:
-    raise RuntimeError(
-        f"config.workdir={workdir!r} is not shared: process "
-        f"{jax.process_index()} does not see the file process 0 wrote there "
-        "({path}); use storage every host sees (gs://..., NFS, Lustre)".format(
-            path=path))
+def _nonce_path(workdir: str) -> str:
+  return storage.join(workdir, ".poly_epo_nonce")
 
 
 def write_nonce(workdir: str) -> str:
   """Process 0's side of `shared_workdir_check`."""
   nonce = secrets.token_hex(16)
-  storage.write_text(storage.join(workdir, ".poly_epo_nonce"), nonce)
+  storage.write_text(_nonce_path(workdir), nonce)
   return nonce
+
+
+def shared_workdir_check(workdir: str, nonce: str) -> None:
+  """Every host must read back the nonce process 0 wrote into the workdir:
+  per-host local disks would scatter checkpoints and hang resumes."""
+  path = _nonce_path(workdir)
+  try:
+    seen = storage.read_text(path).strip()
+  except OSError:
+    seen = None
+  if seen != nonce:
+    raise RuntimeError(
+        f"config.workdir={workdir!r} is not shared: process "
+        f"{jax.process_index()} does not see the file process 0 wrote there "
+        f"({path}); use storage every host sees (gs://..., NFS, Lustre)")
 
 
 class WorkdirLock:

@@ -233,17 +233,13 @@ def _write_eval(result: dict, out: str) -> dict:
   """eval.json (atomically) and the overlay plots, on any storage (`gs://`
   included: the PNGs are drawn locally and copied up); the JSON as read
   back."""
-  import shutil
   from poly_epo import plots
   storage.makedirs(out)
   storage.write_text(storage.join(out, "eval.json"),
                      json.dumps(result, indent=1))
   result = json.loads(json.dumps(result))
-  stage = storage.staging_dir(out)
-  plots.plot_eval(result["policies"], stage)
-  if stage != out:
-    storage.upload(stage, out)
-    shutil.rmtree(stage, ignore_errors=True)
+  with storage.staged(out) as stage:
+    plots.plot_eval(result["policies"], stage)
   return result
 
 

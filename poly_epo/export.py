@@ -13,7 +13,7 @@ trainer writes `<workdir>/policy_hf/` this way at the end of a run.
 from __future__ import annotations
 
 import argparse
-import shutil
+import contextlib
 import sys
 
 from poly_epo import distributed
@@ -29,15 +29,14 @@ def export_hf(model, tokenizer, out: str, *, dtype: str | None = None,
   from poly_epo import storage
   from poly_epo.models import save_hf
   out = storage.absolute(out)
-  if distributed.is_main():
+  main = distributed.is_main()
+  if main:
     storage.begin_folder(out)
-  stage = storage.staging_dir(out) if distributed.is_main() else out
-  save_hf(model, stage, dtype=dtype, max_shard_bytes=max_shard_bytes,
-          tokenizer=tokenizer)
-  if distributed.is_main():
-    if stage != out:
-      storage.upload(stage, out)
-      shutil.rmtree(stage, ignore_errors=True)
+  # Every process gathers the parameters; only the main one writes.
+  with storage.staged(out) if main else contextlib.nullcontext(out) as stage:
+    save_hf(model, stage, dtype=dtype, max_shard_bytes=max_shard_bytes,
+            tokenizer=tokenizer)
+  if main:
     storage.finish_folder(out, {"kind": "huggingface",
                                 "dtype": dtype or model.cfg.param_dtype})
   distributed.barrier("export_hf")

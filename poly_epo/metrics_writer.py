@@ -74,7 +74,7 @@ class MetricsWriter:
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(storage.join(workdir, "tb"))
     except Exception as e:  # noqa: BLE001 - metrics.jsonl still has all.
-      print(f"TensorBoard disabled ({storage.join(workdir, 'tb')}: {e})")
+      log(f"TensorBoard disabled ({storage.join(workdir, 'tb')}: {e})")
 
   def write(self, step: int, values: dict, prefix: str = "train") -> None:
     if not self.active:

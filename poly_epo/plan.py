@@ -48,6 +48,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from poly_epo import tpu_topology
+from poly_epo.autoscale import HEADROOM, divisors
+
 # Usable memory per chip in bytes (what a JAX process can allocate; the
 # GPU figures are what these cards report to JAX).
 CHIPS = {
@@ -57,7 +60,6 @@ CHIPS = {
     "h100": 79 * 2**30,
     "h200": 139 * 2**30,
 }
-HEADROOM = 0.9
 # (peak bf16 FLOP/s, HBM bytes/s) per chip, for the roofline estimate.
 CHIP_SPEED = {
     "v5e": (197e12, 819e9),
@@ -66,7 +68,6 @@ CHIP_SPEED = {
     "h100": (989e12, 3350e9),
     "h200": (989e12, 4800e9),
 }
-TPU_CHIPS = ("v5e", "v5p", "v6e")
 # XLA:CPU's default scheduler favours running independent ops concurrently
 # over reusing buffers (its temp sizes then grow with every layer, remat or
 # not); the memory-minimising schedule is what an accelerator compiler does.
@@ -187,10 +188,6 @@ def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
           "num_params": mcfg.num_params}, {"update_microbatch": compiled}
 
 
-def _divisors(n: int):
-  return [d for d in range(1, n + 1) if n % d == 0]
-
-
 def _cost(compiled, chip: str) -> dict:
   """The compiler's cost model for one run of a program on one chip. Loop
   bodies (the decode `while_loop`, the micro-batch `scan`) count once, so
@@ -215,7 +212,7 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
   """The memory (and time) plan of `cfg` on `devices` (default: the current
   ones; abstract TPU devices when the TPU compiler is used)."""
   import jax
-  from poly_epo import autoscale, sharding, tpu_topology
+  from poly_epo import autoscale, sharding
   if chip not in CHIPS:
     raise ValueError(f"--chip={chip!r}: one of {', '.join(CHIPS)}")
   devices = list(devices if devices is not None else jax.devices())
@@ -254,11 +251,11 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
   peak_r, peak_u = rollout_peak(chunk), update_peak(micro)
   peak = max(peak_r, peak_u)
   rows_per_shard = sharding.batch_shards(mesh)
-  chunks = [c for c in _divisors(b) if (c * cfg.num_samples) %
+  chunks = [c for c in divisors(b) if (c * cfg.num_samples) %
             rows_per_shard == 0 or c == b]
   fit_chunks = [c for c in chunks if rollout_peak(c) <= HEADROOM * cap]
   per_mini = b * cfg.num_samples // cfg.num_minibatches
-  micros = [m for m in _divisors(per_mini)
+  micros = [m for m in divisors(per_mini)
             if (per_mini // m) % rows_per_shard == 0]
   fit_micros = [m for m in micros if update_peak(m) <= HEADROOM * cap]
   cost = {name: _cost(c, chip) for name, c in programs.items()}
@@ -275,7 +272,7 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
           "XLA:CPU on forced host devices: an estimate of what an "
           "accelerator's compiler allocates" + (
               "; install the tpu extra (libtpu) for the TPU compiler's "
-              "figures" if chip in TPU_CHIPS else "")),
+              "figures" if chip in tpu_topology.SHAPES else "")),
       "model": {k: getattr(mcfg, k) for k in (
           "model_type", "hidden_size", "num_layers", "num_heads",
           "num_kv_heads", "head_dim", "intermediate_size", "vocab_size",
@@ -314,8 +311,8 @@ def judge_bytes(cfg, devices) -> int:
   jcfg = ModelConfig.from_hf_json(storage.local_copy(cfg.judge.path))
   per_host = sum(d.process_index == devices[0].process_index
                  for d in devices)
-  item = {"float32": 4, "bfloat16": 2, "float16": 2}[cfg.model.dtype]
-  return int(jcfg.num_params * item / per_host)
+  from poly_epo.autoscale import ITEMSIZE
+  return int(jcfg.num_params * ITEMSIZE[cfg.model.dtype] / per_host)
 
 
 def format_plan(p: dict) -> str:
@@ -371,7 +368,6 @@ def main(argv):
   cfg = _CONFIG.value
   if cfg is None:
     raise app.UsageError("--config=configs/<exp>.py is required")
-  from poly_epo import tpu_topology
   chip, f = flags.FLAGS.chip, flags.FLAGS
   n = f.devices or (tpu_topology.chips(f.topology) if f.topology else 0) or (
       max(cfg.mesh.data, 1) * max(cfg.mesh.fsdp, 1) * cfg.mesh.tensor)
@@ -379,10 +375,10 @@ def main(argv):
     raise RuntimeError("poly_epo.plan must set the device count before "
                        "jax is imported")
   os.environ["JAX_PLATFORMS"] = "cpu"
-  tpu = chip in TPU_CHIPS and f.compiler != "xla-cpu" and \
+  tpu = chip in tpu_topology.SHAPES and f.compiler != "xla-cpu" and \
       tpu_topology.libtpu_available()
   if f.compiler == "tpu" and not tpu:
-    print(f"error: --compiler=tpu needs a TPU --chip ({', '.join(TPU_CHIPS)})"
+    print(f"error: --compiler=tpu needs a TPU --chip ({', '.join(tpu_topology.SHAPES)})"
           " and the tpu extra (pip install -e '.[tpu]')", file=sys.stderr)
     return 2
   if not tpu:

@@ -20,6 +20,7 @@ workdir, base policy, data file or export works like a local folder:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -125,7 +126,8 @@ def check_folder(path, what: str, require_marker: bool) -> None:
         f"interrupted (no {COMPLETE}); write it again")
 
 
-def _cache_root() -> str:
+def cache_root() -> str:
+  """This machine's cache folder ($POLY_EPO_CACHE, else ~/.cache/poly_epo)."""
   return os.environ.get("POLY_EPO_CACHE",
                         os.path.expanduser("~/.cache/poly_epo"))
 
@@ -138,7 +140,7 @@ def local_copy(path) -> str:
     return path
   name = epath.Path(path).name or "root"
   key = hashlib.sha256(path.encode()).hexdigest()[:16]
-  dest = os.path.join(_cache_root(), "remote", key, name)
+  dest = os.path.join(cache_root(), "remote", key, name)
   done = dest + ".fetched"
   if os.path.exists(done):
     return dest
@@ -164,8 +166,17 @@ def _copy_tree(src: epath.Path, dst: epath.Path) -> None:
     dst.write_bytes(src.read_bytes())
 
 
-def staging_dir(dest) -> str:
-  """Where a writer that needs local paths (safetensors, tokenizers) puts
-  `dest`'s files: `dest` itself when local, else a fresh temporary folder
-  to `upload` afterwards."""
-  return tempfile.mkdtemp(prefix="poly_epo_") if is_url(dest) else str(dest)
+@contextlib.contextmanager
+def staged(dest):
+  """A local folder for a writer that needs local paths (safetensors,
+  tokenizers, matplotlib) to fill with `dest`'s files: `dest` itself when
+  local, else a temporary folder uploaded to `dest` on exit, then removed."""
+  if not is_url(dest):
+    yield str(dest)
+    return
+  stage = tempfile.mkdtemp(prefix="poly_epo_")
+  try:
+    yield stage
+    upload(stage, dest)
+  finally:
+    shutil.rmtree(stage, ignore_errors=True)

@@ -23,7 +23,7 @@ def test_single_process_helpers():
   assert distributed.is_main()
   distributed.barrier("noop")
   mesh = sharding.make_mesh(2, 2, 2)
-  assert distributed.process_block(mesh, 16) == (0, 16)
+  assert distributed.prompt_blocks(mesh, 2, 8) == [(0, 2)]
   np.testing.assert_array_equal(
       distributed.host_value(sharding.global_batch(mesh, np.arange(8))),
       np.arange(8))

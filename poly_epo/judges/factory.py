@@ -10,6 +10,7 @@ from poly_epo import sharding, storage
 from poly_epo.judges.http import HttpJudge
 from poly_epo.judges.inprocess import InProcessJudge
 
+
 def make_judge(cfg):
   """The configured LM judge, checked at start-up (endpoint answers, or the
   in-process model's context holds N responses), or None (task labels).
@@ -22,11 +23,10 @@ def make_judge(cfg):
   if j.kind == "http":
     per_process = -(-j.max_concurrency // jax.process_count())
     judge = HttpJudge(j.url, j.model, timeout=j.timeout,
-                             max_concurrency=max(per_process, 1),
-                             max_tokens=j.max_reply_tokens,
-                             max_response_tokens=j.max_response_tokens,
-                             cache_dir=storage.join(cfg.workdir,
-                                                    "judge_cache"))
+                      max_concurrency=max(per_process, 1),
+                      max_tokens=j.max_reply_tokens,
+                      max_response_tokens=j.max_response_tokens,
+                      cache_dir=storage.join(cfg.workdir, "judge_cache"))
     judge.health_check()
     return judge
   if j.kind == "inprocess":
