@@ -27,6 +27,7 @@ import numpy as np
 import tqdm
 from flax import nnx
 
+from poly_epo import engine as engine_lib
 from poly_epo import sampling, sharding
 
 
@@ -51,11 +52,24 @@ def _prompt_keys(rng, ids):
       lambda i: jax.random.fold_in(rng, i))(jnp.asarray(ids, jnp.int32)))
 
 
+def decode_params(params, mesh, dtype: str | None):
+  """The sampler's copy of the weights: in `dtype` (cast once per rollout,
+  not per step) and laid out for decoding (`sharding.decode_shardings`:
+  replicated over the batch axes, so no decode step talks across them)."""
+  if dtype:
+    params = cast_params(params, dtype)
+  if mesh is None:
+    return params
+  return jax.device_put(params, sharding.decode_shardings(params, mesh))
+
+
 def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
             rng, num_samples: int, max_new_tokens: int, eos_id, pad_id: int,
             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
             chunk_prompts: int = 0, mesh=None, compute_dtype: str | None = None,
-            progress: bool = False) -> sampling.SampleOutput:
+            progress: bool = False, engine: str = "static", slots: int = 0,
+            refill: int = 1, attention: str = "window", on_done=None,
+            stats: dict | None = None) -> sampling.SampleOutput:
   """Sample `num_samples` completions per prompt of this process's share.
 
   Args:
@@ -65,10 +79,20 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       process's contiguous block of the batch (the whole batch on one host).
     prompt_ids: int [B_local] global prompt ids (seed each prompt's samples).
     rng: the rollout's PRNG key.
-    chunk_prompts: prompts per generate call summed over all processes (0 =
-      all at once); a short last chunk is padded with empty rows.
+    chunk_prompts: static engine: prompts per decode loop summed over all
+      processes (0 = all at once); a short last chunk is padded with empty
+      rows. Continuous engine: sets the default `slots` (chunk x k).
     mesh: the device mesh (None: the default device).
     compute_dtype: sampler dtype (None: the params' own).
+    engine: "static" (chunks in lock-step) or "continuous" (decode slots
+      refilled from the queue of the whole batch); the same tokens either way.
+    slots: continuous decode slots summed over all devices (0: chunk_prompts
+      x num_samples, or every row).
+    refill: prompts prefilled per refill (continuous).
+    attention: decode attention ("window", "full", "ragged").
+    on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
+      prompts finish, while the rest decode (score-while-decoding).
+    stats: a dict to fill with the engine's counters (summed over loops).
 
   Returns:
     `SampleOutput` of NumPy arrays for this process's prompts: [B_local, N, L].
@@ -82,13 +106,21 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     raise ValueError(f"rollout.chunk_prompts={chunk_prompts} must be at least "
                      f"the process count ({procs})")
   chunk = min(chunk, b)
+  per = 1
   if mesh is not None:  # Whole rows per device: round up to its multiple.
     per = max(sharding.batch_shards(mesh) // procs, 1)
     chunk = -(-chunk // per) * per
-  if compute_dtype:
-    params = cast_params(params, compute_dtype)
-  model = nnx.merge(graphdef, params, rest)
+  if engine == "continuous":
+    slots = slots or chunk * procs * num_samples
+    chunk = -(-b // per) * per  # One loop over the whole batch.
+  params = decode_params(params, mesh, compute_dtype)
+  graph, state = nnx.split(nnx.merge(graphdef, params, rest))
   keys = np.asarray(_prompt_keys(rng, prompt_ids))
+  spec_args = dict(num_samples=num_samples, max_new_tokens=max_new_tokens,
+                   temperature=temperature, top_k=top_k, top_p=top_p,
+                   eos_id=-1 if eos_id is None else int(eos_id),
+                   pad_id=int(pad_id), engine=engine, refill=refill,
+                   attention=attention)
   outs = []
   starts = range(0, b, chunk)
   for s in tqdm.tqdm(starts, desc="rollout", disable=not progress or
@@ -100,15 +132,17 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       tok = np.concatenate([tok, np.zeros((pad,) + tok.shape[1:], tok.dtype)])
       msk = np.concatenate([msk, np.zeros((pad,) + msk.shape[1:], bool)])
       key = np.concatenate([key, np.repeat(key[:1], pad, 0)])
-    if mesh is not None:
-      tok, msk, key = (sharding.global_batch(mesh, a) for a in (tok, msk, key))
-    out = sampling.generate(
-        model, tok, msk, num_samples=num_samples,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        top_k=top_k, eos_id=eos_id, rng=jax.random.wrap_key_data(key),
-        pad_id=pad_id, mesh=mesh)
-    fetch = (lambda x: sharding.local_rows(mesh, x)) if mesh is not None \
-        else np.asarray
-    outs.append([fetch(x)[:n] for x in out])
+    done = None
+    if on_done is not None:
+      def done(idx, tokens, mask, s=s, n=n):
+        keep = idx < n
+        if keep.any():
+          on_done(idx[keep] + s, tokens[keep], mask[keep])
+    out = engine_lib.run(graph, state, tok, msk, key, spec_args=spec_args,
+                         slots=slots, mesh=mesh, on_done=done)
+    if stats is not None:
+      for name, value in out.stats.items():
+        stats[name] = stats.get(name, 0) + value
+    outs.append([x[:n] for x in out[:4]])
   return sampling.SampleOutput(*(np.concatenate(parts)
                                  for parts in zip(*outs)))

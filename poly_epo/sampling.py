@@ -1,34 +1,31 @@
-"""k-sample generation under `jax.jit`: one prefill, then a KV-cache decode loop.
+"""Sampling: the per-token draw, and `generate`, k completions per prompt.
 
-Layout: prompts are left-padded ([B, P], every row ends at slot P-1), so every
-row decodes in lock-step into the same cache slot P + t. Each prompt is
-prefilled once; its cache is then repeated `num_samples` times, so sample j of
-prompt b is row b * k + j of the decode batch (N = B * k rows).
+`generate` runs the rollout engine (`poly_epo/engine.py`) in its static
+schedule: each prompt is prefilled once, its k samples decode in lock-step,
+each row packed from cache slot 0 (prompt, then response).
 
 Randomness is per prompt: prompt b uses `fold_in(rng, b)` (or `rng[b]` when a
 [B] array of keys is given), sample j of it `fold_in(prompt_key, j)`, and its
 t-th token `fold_in(sample_key, t)`. A prompt's samples therefore do not depend
-on the other prompts in the batch, on padding rows, or on the padded width.
+on the other prompts in the batch, on padding rows, on the padded width or on
+the engine's schedule.
 
 Returned shapes are [B, k, L] (L = max_new_tokens).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from poly_epo import sharding
 from poly_epo.logprobs import completion_logprobs as \
     completion_logprobs_from_tokens
 from poly_epo.logprobs import token_logprobs
-from poly_epo.models.transformer import (KVCache, Transformer, init_cache,
-                                         rope_table)
+from poly_epo.models.transformer import Transformer
 
 
 class SampleOutput(NamedTuple):
@@ -46,22 +43,6 @@ class SampleOutput(NamedTuple):
   logprobs: jax.Array
   mask: jax.Array
   lengths: jax.Array
-
-
-class DecodeState(NamedTuple):
-  """Carry of the decode `while_loop` (N = B * k rows, L new tokens, S = P + L).
-
-  t: int32 [] index of the last token written. token_N: int32 [N] that token.
-  tokens_NL / logprobs_NL / valid_NL: outputs so far. done_N: bool [N] row has
-  emitted EOS. cache: KVCache of [N, S, K, H].
-  """
-  t: jax.Array
-  token_N: jax.Array
-  tokens_NL: jax.Array
-  logprobs_NL: jax.Array
-  valid_NL: jax.Array
-  done_N: jax.Array
-  cache: KVCache
 
 
 def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
@@ -105,101 +86,6 @@ def inverse_cdf_sample(logits_NV, keys_N):
   return jnp.minimum(token, last_allowed).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples",
-                                             "max_new_tokens", "mesh"))
-def _prefill(graphdef, state, prompt_BP, mask_BP, prompt_keys_B, *,
-             num_samples: int, max_new_tokens: int, mesh=None):
-  """Prefill the B prompts once; repeat the cache for the k samples.
-
-  With a `mesh`, the prompt cache and the repeated [N, ...] cache are laid
-  out by `sharding.cache_shardings` (rows over data/fsdp, KV heads over
-  tensor), and the decode loop keeps that layout.
-  """
-  with (contextlib.nullcontext() if mesh is None else
-        jax.sharding.use_abstract_mesh(mesh.abstract_mesh)):
-    return _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
-                         num_samples, max_new_tokens, mesh)
-
-
-def _prefill_body(graphdef, state, prompt_BP, mask_BP, prompt_keys_B,
-                  num_samples, max_new_tokens, mesh):
-  model: Transformer = nnx.merge(graphdef, state)
-  b, p = prompt_BP.shape
-  k = num_samples
-  cache = init_cache(model.cfg, b, p + max_new_tokens)
-  constrain = (lambda c: c) if mesh is None else (
-      lambda c: jax.lax.with_sharding_constraint(
-          c, sharding.cache_shardings(mesh, c)))
-  cache = constrain(cache)
-  positions = jnp.maximum(jnp.cumsum(mask_BP.astype(jnp.int32), 1) - 1, 0)
-  logits, cache = model(prompt_BP, positions, mask_BP, cache=cache,
-                        cache_index=0, last_only=True)
-  cache = constrain(jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), cache))
-  logits_NV = jnp.repeat(logits[:, 0], k, axis=0)
-  row_keys = jax.vmap(lambda key: jax.vmap(lambda j: jax.random.fold_in(
-      key, j))(jnp.arange(k)))(prompt_keys_B)
-  row_keys_N = row_keys.reshape((b * k,) + row_keys.shape[2:])
-  prompt_len_N = jnp.repeat(jnp.sum(mask_BP, 1).astype(jnp.int32), k)
-  return cache, logits_NV, row_keys_N, prompt_len_N
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("graphdef", "max_new_tokens", "temperature", "top_k",
-                     "top_p", "eos_id", "pad_id"),
-    donate_argnames=("cache",))
-def _decode(graphdef, state, cache: KVCache, logits_NV, row_keys_N,
-            prompt_len_N, *, max_new_tokens: int, temperature: float,
-            top_k: int, top_p: float, eos_id: int, pad_id: int):
-  model: Transformer = nnx.merge(graphdef, state)
-  n = logits_NV.shape[0]
-  length = max_new_tokens
-  p = cache.mask_BS.shape[1] - length
-  rope = rope_table(model.cfg, p + length)
-  sample = functools.partial(sample_tokens, temperature=temperature,
-                             top_k=top_k, top_p=top_p)
-
-  def step_keys(t):
-    return jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys_N)
-
-  def write(st: DecodeState, t, token, logp, cache):
-    valid = ~st.done_N
-    token = jnp.where(valid, token, pad_id)
-    logp = jnp.where(valid, logp, 0.0)
-    done = st.done_N | ((token == eos_id) if eos_id >= 0 else False)
-    return DecodeState(
-        t=t, token_N=token,
-        tokens_NL=st.tokens_NL.at[:, t].set(token),
-        logprobs_NL=st.logprobs_NL.at[:, t].set(logp),
-        valid_NL=st.valid_NL.at[:, t].set(valid),
-        done_N=done, cache=cache)
-
-  token, logp = sample(logits_NV, step_keys(0))
-  st = DecodeState(
-      t=jnp.int32(0), token_N=token,
-      tokens_NL=jnp.full((n, length), pad_id, jnp.int32),
-      logprobs_NL=jnp.zeros((n, length), jnp.float32),
-      valid_NL=jnp.zeros((n, length), bool),
-      done_N=jnp.zeros((n,), bool), cache=cache)
-  st = write(st, jnp.int32(0), token, logp, cache)
-
-  def should_continue(st: DecodeState):
-    return (st.t < length - 1) & ~jnp.all(st.done_N)
-
-  def body(st: DecodeState):
-    positions = (prompt_len_N + st.t)[:, None]
-    logits, cache = model(st.token_N[:, None], positions, cache=st.cache,
-                          cache_index=p + st.t, rope_table=rope)
-    t = st.t + 1
-    token, logp = sample(logits[:, 0], step_keys(t))
-    return write(st, t, token, logp, cache)
-
-  st = jax.lax.while_loop(should_continue, body, st)
-  # The cache is returned (and dropped by the caller) so its donated buffer
-  # is aliased to an output and the loop updates it in place.
-  return st.tokens_NL, st.logprobs_NL, st.valid_NL, st.cache
-
-
 def prompt_keys(rng, batch: int):
   """[B] per-prompt keys from one key (fold_in by index) or a [B] key array."""
   rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
@@ -216,7 +102,8 @@ def prompt_keys(rng, batch: int):
 def generate(model: Transformer, prompt_tokens, prompt_mask, *,
              num_samples: int, max_new_tokens: int, temperature: float = 1.0,
              top_p: float = 1.0, top_k: int = 0, eos_id: int | None,
-             rng, pad_id: int = 0, mesh=None) -> SampleOutput:
+             rng, pad_id: int = 0, mesh=None,
+             attention: str = "window") -> SampleOutput:
   """Draw `num_samples` completions for each left-padded prompt.
 
   Args:
@@ -231,8 +118,9 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
     eos_id: stop token; None or negative disables EOS stopping.
     rng: a PRNG key, or a [B] array of per-prompt keys.
     pad_id: token written after EOS.
-    mesh: lay the KV cache out over this mesh (see `_prefill`); prompts and
-      keys may then be global arrays sharded over its batch axes.
+    mesh: decode on this mesh, each device its block of the prompts (one
+      process: B a multiple of the batch shards).
+    attention: decode attention ("window", "full", "ragged").
 
   Returns:
     `SampleOutput` with [B, k, L] tokens / logprobs / mask and [B, k] lengths.
@@ -250,21 +138,20 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
   vocab = model.cfg.vocab_size
   if eos_id is not None and eos_id >= vocab:
     raise ValueError(f"generate: eos_id={eos_id} is outside the vocab ({vocab})")
+  from poly_epo import engine  # The engine samples with this module.
   b = prompt_tokens.shape[0]
   graphdef, state = nnx.split(model)
   keys = prompt_keys(rng, b)
-  cache, logits, row_keys, prompt_len = _prefill(
-      graphdef, state, prompt_tokens, prompt_mask, keys,
-      num_samples=num_samples, max_new_tokens=max_new_tokens, mesh=mesh)
-  tokens, logprobs, mask, _ = _decode(
-      graphdef, state, cache, logits, row_keys, prompt_len,
-      max_new_tokens=max_new_tokens, temperature=float(temperature),
-      top_k=int(top_k), top_p=float(top_p),
-      eos_id=-1 if eos_id is None else int(eos_id), pad_id=int(pad_id))
-  shape = (b, num_samples, max_new_tokens)
-  mask = mask.reshape(shape)
-  return SampleOutput(tokens.reshape(shape), logprobs.reshape(shape), mask,
-                      jnp.sum(mask, -1).astype(jnp.int32))
+  if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+    keys = jax.random.key_data(keys)
+  out = engine.run(
+      graphdef, state, np.asarray(prompt_tokens), np.asarray(prompt_mask),
+      np.asarray(keys), mesh=mesh, spec_args=dict(
+          num_samples=num_samples, max_new_tokens=max_new_tokens,
+          temperature=float(temperature), top_k=int(top_k),
+          top_p=float(top_p), eos_id=-1 if eos_id is None else int(eos_id),
+          pad_id=int(pad_id), attention=attention))
+  return SampleOutput(*(jnp.asarray(x) for x in out[:4]))
 
 
 def completion_logprobs(model: Transformer, prompt_tokens, prompt_mask,

@@ -165,6 +165,16 @@ def tree_shardings(tree, mesh):
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
+def decode_shardings(tree, mesh):
+  """The sampler's weight layout: as `tree_shardings` without the fsdp
+  axis, so every device of a tensor group holds the whole weights of its
+  slice and a decode step needs no collective over (data, fsdp)."""
+  def drop_fsdp(s: NamedSharding) -> NamedSharding:
+    spec = [None if a == "fsdp" else a for a in s.spec]
+    return NamedSharding(mesh, P(*spec))
+  return jax.tree.map(drop_fsdp, tree_shardings(tree, mesh))
+
+
 def batch_sharding(mesh, ndim: int) -> NamedSharding:
   """Leading (batch) dim over (data, fsdp); the rest replicated."""
   return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
@@ -181,6 +191,8 @@ def constrain_rows(x):
   whole micro-batches, not one slice of rows, on every device."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or not set(BATCH) <= set(mesh.axis_names):
+    return x
+  if set(BATCH) & set(mesh.manual_axes):  # Inside the engine's shard_map.
     return x
   if x.shape[0] % int(np.prod([mesh.shape[a] for a in BATCH])):
     return x

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo.models.config import ModelConfig
+from poly_epo.models.decode_attention import attend_filled
 from poly_epo.sharding import constrain_rows
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
@@ -189,20 +190,9 @@ class Attention(nnx.Module):
     """Returns (out_BTD, (k_BKHS, v_BKSH)): the keys/values attended to
     (None in the no-cache forward through `jax.nn.dot_product_attention`)."""
     cfg, dt = self.cfg, x_BTD.dtype
-    w = lambda p: p[...].astype(dt)
     b, t, d = x_BTD.shape
-    n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    g = n // kh
-    qkv = x_BTD @ w(self.qkv_proj).reshape(d, -1)  # free reshapes
-    qkv = qkv.reshape(b, t, kh, g + 2, h)
-    if cfg.qkv_bias:
-      qkv = qkv + w(self.qkv_bias)
-    q = qkv[:, :, :, :g].reshape(b, t, n, h)
-    k, v = qkv[:, :, :, g], qkv[:, :, :, g + 1]  # [B, T, K, H]
-    if cfg.qk_norm:
-      q, k = self.q_norm(q), self.k_norm(k)
-    q = apply_rope(q, cos_BTH, sin_BTH)
-    k = apply_rope(k, cos_BTH, sin_BTH)
+    n, h = cfg.num_heads, cfg.head_dim
+    q, k, v = self._qkv(x_BTD, cos_BTH, sin_BTH)
     if kv is None:  # Training / scoring forward: nothing to cache.
       if cfg.attention == "splash":  # Its own blocking: no query chunks.
         from poly_epo.models.splash import attend_splash
@@ -228,10 +218,47 @@ class Attention(nnx.Module):
                                          (0, 0, cache_index, 0))
       out = attend(q, k.astype(dt), v.astype(dt), mask_BTS)
       kv_out = (k, v)
-    out = out.reshape(b, t, n * h) @ w(self.o_proj).reshape(n * h, d)
-    if cfg.o_bias:
-      out = out + w(self.o_bias)
-    return out, kv_out
+    return self._out(out.reshape(b, t, n * h)), kv_out
+
+  def _qkv(self, x_BTD, cos_BTH, sin_BTH):
+    """Roped q [B, T, N, H] and k, v [B, T, K, H] in x's dtype."""
+    cfg, dt = self.cfg, x_BTD.dtype
+    b, t, d = x_BTD.shape
+    n, kh, h = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    g = n // kh
+    qkv = x_BTD @ self.qkv_proj[...].astype(dt).reshape(d, -1)  # free
+    qkv = qkv.reshape(b, t, kh, g + 2, h)
+    if cfg.qkv_bias:
+      qkv = qkv + self.qkv_bias[...].astype(dt)
+    q = qkv[:, :, :, :g].reshape(b, t, n, h)
+    k, v = qkv[:, :, :, g], qkv[:, :, :, g + 1]
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    return apply_rope(q, cos_BTH, sin_BTH), apply_rope(k, cos_BTH, sin_BTH), v
+
+  def _out(self, out_BTX):
+    dt = out_BTX.dtype
+    d = self.cfg.hidden_size
+    out = out_BTX @ self.o_proj[...].astype(dt).reshape(-1, d)
+    if self.cfg.o_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out
+
+  def decode(self, x_N1D, cos_N1H, sin_N1H, k_NKHC, v_NKCH, slot_N, *,
+             impl: str, block: int, window=None):
+    """One new token per row, written at its own slot `slot_N`; attends to
+    slots [0, slot_N]. Returns (out [N, 1, D], k_NKHC, v_NKCH)."""
+    cfg = self.cfg
+    n_rows = x_N1D.shape[0]
+    kh, h = cfg.num_kv_heads, cfg.head_dim
+    q, k, v = self._qkv(x_N1D, cos_N1H, sin_N1H)
+    rows = jnp.arange(n_rows)
+    k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(k[:, 0].astype(k_NKHC.dtype))
+    v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v[:, 0].astype(v_NKCH.dtype))
+    q = q[:, 0].reshape(n_rows, kh, -1, h)
+    out = attend_filled(q, k_NKHC, v_NKCH, slot_N + 1, impl=impl,
+                        block=block, window=window)
+    return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
 
 
 class MLP(nnx.Module):
@@ -361,11 +388,42 @@ class Transformer(nnx.Module):
       x = x[:, -1:]
     x = self.final_norm(x)
     if hidden_only:
-      return x
+      return x if cache is None else (
+          x, KVCache(tuple(new_k), tuple(new_v), new_mask))
     logits = self.logits(x)
     if cache is None:
       return logits
     return logits, KVCache(tuple(new_k), tuple(new_v), new_mask)
+
+  def decode(self, token_N, k_caches, v_caches, slot_N, rope_table, *,
+             impl: str = "window", block: int = 128, window=None):
+    """One decode step of the rollout engine (rows packed from slot 0).
+
+    Args:
+      token_N: int32 [N] each row's newest token; it is written at slot
+        `slot_N` (= its position) of that row and attends to [0, slot_N].
+      k_caches / v_caches: per-layer [N, K, H, C] / [N, K, C, H].
+      rope_table: `rope_table(cfg, C)`.
+      impl, block, window: `decode_attention.attend_filled`.
+
+    Returns:
+      (logits [N, V] float32, k_caches, v_caches).
+    """
+    dt = jnp.dtype(self.cfg.dtype)
+    pos = slot_N[:, None]
+    cos, sin = rope_table[0][pos], rope_table[1][pos]
+    x = jnp.take(self.embed[...], token_N[:, None], axis=0).astype(dt)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      h, k, v = layer.attn.decode(layer.input_norm(x), cos, sin, k_caches[i],
+                                  v_caches[i], slot_N, impl=impl, block=block,
+                                  window=window)
+      x = x + h
+      x = x + layer.mlp(layer.post_attn_norm(x))
+      new_k.append(k)
+      new_v.append(v)
+    logits = self.logits(self.final_norm(x))[:, 0]
+    return logits, tuple(new_k), tuple(new_v)
 
   def head(self) -> jax.Array:
     """The output projection [V, D] (the embedding when tied)."""

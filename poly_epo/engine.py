@@ -1,0 +1,420 @@
+"""The rollout engine: decode slots, each row packed from slot 0, refilled on
+device from a queue of prompts.
+
+Layout. A device holds S decode slots; slot s owns a cache row of C slots
+(`k [S, K, H, C]`, `v [S, K, C, H]` per layer) holding one sequence packed
+from slot 0: its prompt (no padding before it) and then its response. Row
+r = b * k + j (prompt b, sample j) is decoded in whichever slot is free.
+
+Schedule. `engine="static"`: every prompt of the call is inserted at once
+(S = B * k) and the loop runs until the last row ends: lock-step decoding,
+the behaviour the project always had. `engine="continuous"`: S slots; the
+first S // k prompts are inserted, and inside the same on-device
+`while_loop`, whenever k * `refill` slots are free, the next `refill`
+prompts of the queue are prefilled once and inserted into k slots each. The
+loop stops every `segment_steps` steps so the host can hand finished prompts
+to the scorer (`on_done`), then carries on.
+
+Same tokens, whatever the schedule: the t-th token of sample j of prompt b
+is drawn with `fold_in(fold_in(prompt_key_b, j), t)` from logits that depend
+only on that row's tokens (decode attention is exact under any window:
+`models/decode_attention.py`). Slot counts, refill sizes, chunking and
+process counts therefore change no token (tests/test_engine.py).
+
+On a mesh each device runs its own loop (`shard_map` over the batch axes)
+over its block of prompts and slots, with the sampler's weights replicated
+over those axes: no collective over data/fsdp runs while decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from poly_epo import sharding
+from poly_epo.models.transformer import init_cache, rope_table
+from poly_epo.sampling import sample_tokens
+
+ENGINES = ("static", "continuous")
+
+
+class Consts(NamedTuple):
+  """A device's prompt queue: prompts_BP packed from slot 0 (int32 [B, P]),
+  plen_B int32 prompt lengths (0: an empty padding prompt), keys_B uint32
+  [B, 2] per-prompt key data."""
+  prompts_BP: jax.Array
+  plen_B: jax.Array
+  keys_B: jax.Array
+
+
+class State(NamedTuple):
+  """Carry of the decode loop on one device (S slots, B prompts, k samples,
+  R = B * k rows, L new tokens). Scalars are [1] arrays (one per device)."""
+  k: tuple  # per layer [S, K, H, C]
+  v: tuple  # per layer [S, K, C, H]
+  row_S: jax.Array  # int32 row decoded in the slot, -1 = free
+  t_S: jax.Array  # int32 index of the next token to sample
+  token_S: jax.Array  # int32 last sampled token (written at slot plen + t-1)
+  key_S: jax.Array  # uint32 [S, 2] the row's key data
+  plen_S: jax.Array  # int32 prompt length
+  next_1: jax.Array  # int32 next prompt of the queue
+  steps_1: jax.Array  # int32 decode steps run (all slots, busy or not)
+  busy_1: jax.Array  # int32 row-steps of busy slots
+  tokens_RL: jax.Array  # int32 [R + 1, L] (the last row: writes of free slots)
+  logprobs_RL: jax.Array  # float32 [R + 1, L]
+  length_R: jax.Array  # int32 [R + 1] tokens so far (EOS included)
+  finished_B: jax.Array  # int32 samples finished per prompt
+
+
+class Spec(NamedTuple):
+  """Static settings of one engine program."""
+  num_samples: int
+  max_new_tokens: int
+  slots: int  # per device
+  first: int  # prompts inserted before the loop
+  refill: int  # prompts inserted per refill (0: never)
+  segment_steps: int
+  cache_len: int
+  temperature: float
+  top_k: int
+  top_p: float
+  eos_id: int
+  pad_id: int
+  attention: str
+  block: int
+
+
+def pack_prompts(tokens_BP, mask_BP):
+  """Left- (or any-) padded prompts -> (packed from slot 0, lengths).
+  NumPy in, NumPy out: real tokens keep their order."""
+  tokens_BP = np.asarray(tokens_BP, np.int32)
+  mask_BP = np.asarray(mask_BP, bool)
+  plen = mask_BP.sum(1).astype(np.int32)
+  order = np.argsort(~mask_BP, axis=1, kind="stable")
+  packed = np.take_along_axis(tokens_BP, order, 1)
+  packed = np.where(np.arange(tokens_BP.shape[1])[None] < plen[:, None],
+                    packed, 0).astype(np.int32)
+  return packed, plen
+
+
+def init_state(cfg, spec: Spec, batch: int) -> State:
+  s, length = spec.slots, spec.max_new_tokens
+  rows = batch * spec.num_samples
+  cache = init_cache(cfg, s, spec.cache_len)
+  zi = lambda n: jnp.zeros((n,), jnp.int32)
+  return State(
+      k=cache.k, v=cache.v, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
+      token_S=zi(s), key_S=jnp.zeros((s, 2), jnp.uint32), plen_S=zi(s),
+      next_1=zi(1), steps_1=zi(1), busy_1=zi(1),
+      tokens_RL=jnp.full((rows + 1, length), spec.pad_id, jnp.int32),
+      logprobs_RL=jnp.zeros((rows + 1, length), jnp.float32),
+      length_R=zi(rows + 1), finished_B=zi(batch))
+
+
+def _sample(spec: Spec, logits_NV, key_data_N2, t_N):
+  keys = jax.vmap(lambda kd, t: jax.random.fold_in(
+      jax.random.wrap_key_data(kd), t))(key_data_N2, t_N)
+  return sample_tokens(logits_NV, keys, temperature=spec.temperature,
+                       top_k=spec.top_k, top_p=spec.top_p)
+
+
+def _write(st: State, spec: Spec, row_N, t_N, token_N, logp_N):
+  """Record tokens; rows < 0 write to the spare last row."""
+  dump = st.tokens_RL.shape[0] - 1
+  r = jnp.where(row_N >= 0, row_N, dump)
+  return st._replace(
+      tokens_RL=st.tokens_RL.at[r, t_N].set(token_N),
+      logprobs_RL=st.logprobs_RL.at[r, t_N].set(logp_N),
+      length_R=st.length_R.at[r].set(t_N + 1))
+
+
+def _finish(st: State, spec: Spec, row_N, done_N):
+  """Count finished rows per prompt and free their slots' rows."""
+  k = spec.num_samples
+  b = jnp.where(done_N & (row_N >= 0), row_N // k, st.finished_B.shape[0])
+  return st._replace(finished_B=st.finished_B.at[b].add(1, mode="drop"))
+
+
+def _ends(spec: Spec, token_N, t_N):
+  eos = (token_N == spec.eos_id) if spec.eos_id >= 0 else False
+  return eos | (t_N + 1 >= spec.max_new_tokens)
+
+
+def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
+  """Prefill the next `count` prompts of the queue once and put their k
+  samples into the first free slots (the caller checks there is room)."""
+  k, batch = spec.num_samples, c.plen_B.shape[0]
+  first = st.next_1[0]
+  idx_R = first + jnp.arange(count)
+  ok_R = idx_R < batch
+  safe = jnp.minimum(idx_R, batch - 1)
+  toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
+  p = toks.shape[1]
+  cache = init_cache(model.cfg, count, p)
+  mask = jnp.arange(p)[None] < plen[:, None]
+  rope = rope_table(model.cfg, spec.cache_len)
+  hidden, cache = model(toks, None, mask, cache=cache, cache_index=0,
+                        rope_table=rope, hidden_only=True)
+  last = hidden[jnp.arange(count), jnp.maximum(plen - 1, 0)]
+  logits_N = jnp.repeat(model.logits(last[:, None])[:, 0], k, 0)
+  # Rows of the new prompts, sample-minor; dropped when not ok / no prompt.
+  ok_N = jnp.repeat(ok_R & (plen > 0), k)
+  row_N = jnp.where(ok_N, (jnp.repeat(idx_R, k) * k +
+                           jnp.tile(jnp.arange(k), count)), -1)
+  key_N = jax.vmap(lambda kd, j: jax.random.key_data(jax.random.fold_in(
+      jax.random.wrap_key_data(kd), j)))(
+          jnp.repeat(c.keys_B[safe], k, 0), jnp.tile(jnp.arange(k), count))
+  free_first = jnp.argsort(st.row_S >= 0, stable=True)[:count * k]
+  dest = jnp.where(ok_N, free_first, spec.slots)  # out of range: dropped
+  t0 = jnp.zeros_like(row_N)
+  token, logp = _sample(spec, logits_N, key_N, t0)
+  st = _write(st, spec, row_N, t0, token, logp)
+  done = _ends(spec, token, t0)
+  st = _finish(st, spec, row_N, done & ok_N)
+  put = lambda a, val: a.at[dest].set(val, mode="drop")
+  rep = lambda x: jnp.repeat(x, k, 0)
+  return st._replace(
+      k=tuple(a.at[dest, :, :, :p].set(rep(b), mode="drop")
+              for a, b in zip(st.k, cache.k)),
+      v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
+              for a, b in zip(st.v, cache.v)),
+      row_S=put(st.row_S, jnp.where(done, -1, row_N)),
+      t_S=put(st.t_S, t0 + 1), token_S=put(st.token_S, token),
+      key_S=put(st.key_S, key_N), plen_S=put(st.plen_S, rep(plen)),
+      next_1=jnp.minimum(st.next_1 + count, batch))
+
+
+def decode_step(model, st: State, spec: Spec, window=None) -> State:
+  """Every busy slot decodes one token."""
+  busy = st.row_S >= 0
+  slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
+  rope = rope_table(model.cfg, spec.cache_len)
+  logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
+                              impl=spec.attention, block=spec.block,
+                              window=window)
+  token, logp = _sample(spec, logits, st.key_S, st.t_S)
+  st = _write(st, spec, st.row_S, st.t_S, token, logp)
+  done = busy & _ends(spec, token, st.t_S)
+  st = _finish(st, spec, st.row_S, done)
+  return st._replace(
+      k=k, v=v, row_S=jnp.where(done, -1, st.row_S),
+      t_S=jnp.where(busy, st.t_S + 1, st.t_S), token_S=token,
+      steps_1=st.steps_1 + 1,
+      busy_1=st.busy_1 + jnp.sum(busy).astype(jnp.int32))
+
+
+def _loop(model, st: State, c: Consts, spec: Spec) -> State:
+  """Up to `segment_steps` decode steps on one device (its own loop)."""
+  k, batch = spec.num_samples, c.plen_B.shape[0]
+  stop = st.steps_1[0] + spec.segment_steps
+
+  def busy(st):
+    return jnp.any(st.row_S >= 0)
+
+  def cond(st):
+    queue = (st.next_1[0] < batch) if spec.refill else False
+    return (st.steps_1[0] < stop) & (busy(st) | queue)
+
+  def body(st):
+    if spec.refill:
+      room = jnp.sum(st.row_S < 0) >= k * spec.refill
+      st = jax.lax.cond((st.next_1[0] < batch) & room,
+                        lambda s: insert(model, s, c, spec, spec.refill),
+                        lambda s: s, st)
+    return jax.lax.cond(busy(st), lambda s: decode_step(model, s, spec),
+                        lambda s: s, st)
+
+  return jax.lax.while_loop(cond, body, st)
+
+
+def _begin_local(graphdef, params, c: Consts, spec: Spec) -> State:
+  model = nnx.merge(graphdef, params)
+  st = init_state(model.cfg, spec, c.plen_B.shape[0])
+  if spec.first:
+    st = insert(model, st, c, spec, spec.first)
+  return _loop(model, st, c, spec)
+
+
+def _segment_local(graphdef, params, st: State, c: Consts, spec: Spec
+                   ) -> State:
+  return _loop(nnx.merge(graphdef, params), st, c, spec)
+
+
+def _per_device(fn, mesh, n_in: int):
+  """fn on every device's block of rows (shard_map over the batch axes,
+  params replicated over them); fn itself on one device."""
+  if mesh is None:
+    return fn
+  rows = P(sharding.BATCH)
+  return jax.shard_map(fn, mesh=mesh, in_specs=(P(),) + (rows,) * n_in,
+                       out_specs=rows, axis_names=frozenset(sharding.BATCH),
+                       check_vma=False)
+
+
+def _pending(st: State, c: Consts, spec: Spec, mesh):
+  per = c.plen_B.shape[0] // (sharding.batch_shards(mesh) if mesh else 1)
+  queued = jnp.any(st.next_1 < per) if spec.refill else False
+  return jnp.any(st.row_S >= 0) | queued
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "mesh"))
+def begin(graphdef, params, c: Consts, *, spec: Spec, mesh):
+  """Fresh state, the first prompts inserted, the first segment decoded.
+  Returns (state, whether any device has work left)."""
+  st = _per_device(functools.partial(_begin_local, graphdef, spec=spec),
+                   mesh, 1)(params, c)
+  return st, _pending(st, c, spec, mesh)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "mesh"),
+                   donate_argnames=("st",))
+def segment(graphdef, params, st: State, c: Consts, *, spec: Spec, mesh):
+  """The next segment of every device's loop: (state, work left)."""
+  st = _per_device(functools.partial(_segment_local, graphdef, spec=spec),
+                   mesh, 2)(params, st, c)
+  return st, _pending(st, c, spec, mesh)
+
+
+def default_block(backend: str | None = None) -> int:
+  """Decode attention block: 128 slots on accelerators (lane width), 32 on
+  CPU (short embedded sequences; measured in docs/ROLLOUT.md)."""
+  return 32 if (backend or jax.default_backend()) == "cpu" else 128
+
+
+def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
+              max_new_tokens: int, engine: str = "static", slots_dev: int = 0,
+              refill: int = 1, attention: str = "window", block: int = 0,
+              segment_steps: int = 0, temperature: float = 1.0,
+              top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
+              pad_id: int = 0) -> Spec:
+  """The static settings of one device's engine, errors naming the fields."""
+  if engine not in ENGINES:
+    raise ValueError(f"rollout.engine={engine!r} must be one of {ENGINES}")
+  k = num_samples
+  if engine == "static" or not slots_dev or slots_dev >= batch_dev * k:
+    slots_dev, first, refill = batch_dev * k, batch_dev, 0
+  else:
+    if refill < 1:
+      raise ValueError(f"rollout.refill={refill} must be >= 1")
+    if slots_dev < k * refill:
+      raise ValueError(
+          f"rollout.slots gives {slots_dev} decode slots per device, fewer "
+          f"than num_samples x rollout.refill = {k} x {refill}: a refill "
+          f"could never fit")
+    first = min(batch_dev, slots_dev // k)
+  block = min(block or default_block(), -(-(prompt_width + max_new_tokens)
+                                         // 8) * 8)
+  cache_len = -(-(prompt_width + max_new_tokens) // block) * block
+  return Spec(num_samples=k, max_new_tokens=max_new_tokens, slots=slots_dev,
+              first=first, refill=refill,
+              segment_steps=segment_steps or 2**30, cache_len=cache_len,
+              temperature=float(temperature), top_k=int(top_k),
+              top_p=float(top_p), eos_id=int(eos_id), pad_id=int(pad_id),
+              attention=attention, block=block)
+
+
+class Result(NamedTuple):
+  """NumPy outputs for this process's prompts: tokens / logprobs / mask
+  [B, k, L], lengths [B, k], and `stats`: decode steps (the longest device
+  loop), slot_steps (steps x slots, summed over devices), busy_steps
+  (row-steps of busy slots), segments (host round trips)."""
+  tokens: np.ndarray
+  logprobs: np.ndarray
+  mask: np.ndarray
+  lengths: np.ndarray
+  stats: dict
+
+
+def _local(mesh, x) -> np.ndarray:
+  return np.asarray(x) if mesh is None else sharding.local_rows(mesh, x)
+
+
+def _rows(mesh, x, shards: int) -> np.ndarray:
+  """This process's rows of a per-device [R + 1, ...] output, spare rows
+  dropped."""
+  x = _local(mesh, x)
+  x = x.reshape((shards, -1) + x.shape[1:])[:, :-1]
+  return x.reshape((-1,) + x.shape[2:])
+
+
+def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
+        spec_args: dict, slots: int = 0, mesh=None, on_done=None) -> Result:
+  """Decode this process's prompts with the engine.
+
+  Args:
+    graphdef, params: the split sampler (`nnx.split(model)`), params laid
+      out for decoding (see `rollout.decode_params`).
+    prompt_tokens, prompt_mask: NumPy [B, P] (any padding side); with a mesh
+      this process's contiguous block, B a multiple of its devices' share.
+    prompt_key_data: uint32 [B, 2] per-prompt key data.
+    spec_args: `plan_spec` keyword arguments except batch / width / slots.
+    slots: decode slots summed over all devices (continuous engine; 0 = as
+      many as rows).
+    on_done: called as `on_done(prompt_indices, tokens [n, k, L], mask
+      [n, k, L])` for prompts whose k samples have all ended, while the
+      others decode; each prompt once.
+  """
+  packed, plen = pack_prompts(prompt_tokens, prompt_mask)
+  key_data = np.asarray(prompt_key_data, np.uint32)
+  b = packed.shape[0]
+  shards = (sharding.batch_shards(mesh) // jax.process_count()) if mesh else 1
+  if b % shards:
+    raise ValueError(f"engine: {b} prompts do not split over {shards} "
+                     "devices (pad the batch)")
+  total = shards * jax.process_count()
+  spec = plan_spec(batch_dev=b // shards, prompt_width=packed.shape[1],
+                   slots_dev=slots // total if slots else 0,
+                   **{"segment_steps": 0 if on_done is None else
+                      max(16, spec_args["max_new_tokens"] // 8),
+                      **spec_args})
+  put = (lambda a: jnp.asarray(a)) if mesh is None else (
+      lambda a: sharding.global_batch(mesh, a))
+  c = Consts(put(packed), put(plen), put(key_data))
+  st, more = begin(graphdef, params, c, spec=spec, mesh=mesh)
+  k, segments = spec.num_samples, 1
+  reported = plen == 0
+  while True:
+    last = not bool(more)
+    if on_done is not None:
+      fresh = (_local(mesh, st.finished_B) >= k) & ~reported
+      if fresh.any():
+        idx = np.flatnonzero(fresh)
+        tok = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)[idx]
+        lens = _rows(mesh, st.length_R, shards).reshape(b, k)[idx]
+        reported |= fresh
+    else:
+      fresh = np.zeros(b, bool)
+    if last:
+      break
+    st, more = segment(graphdef, params, st, c, spec=spec, mesh=mesh)
+    segments += 1
+    if fresh.any():  # While the device decodes the next segment.
+      on_done(idx, tok, np.arange(tok.shape[-1]) < lens[..., None])
+  if fresh.any():
+    on_done(idx, tok, np.arange(tok.shape[-1]) < lens[..., None])
+  tokens = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)
+  logprobs = _rows(mesh, st.logprobs_RL, shards).reshape(b, k, -1)
+  lengths = _rows(mesh, st.length_R, shards).reshape(b, k)
+  mask = np.arange(tokens.shape[-1]) < lengths[..., None]
+  steps = np.asarray(jax.device_get(_replicated(st.steps_1)))
+  busy = np.asarray(jax.device_get(_replicated(st.busy_1)))
+  stats = {"steps": int(steps.max()),
+           "slot_steps": int(steps.sum()) * spec.slots,
+           "busy_steps": int(busy.sum()), "segments": segments,
+           "slots": spec.slots * total, "cache_len": spec.cache_len}
+  return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
+                mask, lengths.astype(np.int32), stats)
+
+
+def _replicated(x):
+  """A per-device [D] counter as one array every process can read."""
+  if x.is_fully_addressable:
+    return x
+  return jax.jit(lambda y: y, out_shardings=jax.sharding.NamedSharding(
+      x.sharding.mesh, P()))(x)
