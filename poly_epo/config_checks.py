@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import jax
 
-from poly_epo import losses, set_rl, sharding, storage, tasks
+from poly_epo import engine, losses, set_rl, sharding, storage, tasks
+from poly_epo.models.decode_attention import IMPLEMENTATIONS
 
 
 def check_config(cfg) -> None:
@@ -44,6 +45,16 @@ def check_config(cfg) -> None:
   need(chunk >= 0, "rollout.chunk_prompts", "must be >= 0")
   need(chunk == 0 or chunk % procs == 0, "rollout.chunk_prompts",
        f"{chunk} does not split over {procs} processes")
+  r = cfg.rollout
+  need(r.engine in engine.ENGINES, "rollout.engine",
+       f"{r.engine!r}: one of {engine.ENGINES}")
+  need(r.attention in IMPLEMENTATIONS, "rollout.attention",
+       f"{r.attention!r}: one of {IMPLEMENTATIONS}")
+  need(r.slots >= 0, "rollout.slots", "must be >= 0")
+  need(r.refill >= 1, "rollout.refill", "must be >= 1")
+  need(r.slots == 0 or r.slots >= cfg.num_samples * r.refill,
+       "rollout.slots", f"{r.slots} slots cannot hold one refill of "
+       f"rollout.refill x num_samples = {r.refill} x {cfg.num_samples} rows")
   need(1 <= cfg.set_size <= cfg.num_samples, "set_size",
        f"{cfg.set_size} must be between 1 and num_samples={cfg.num_samples}")
   need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")

@@ -80,6 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict()
   c.rollout.chunk_prompts = 0  # Prompts per generate call, over all
   # processes (0 = the whole batch): bounds the KV cache; samples unchanged.
+  c.rollout.engine = "static"  # static (lock-step chunks) | continuous
+  # (decode slots refilled from the whole batch's queue; docs/ROLLOUT.md).
+  # Same tokens either way; continuous wins on long, ragged responses.
+  c.rollout.slots = 0  # Continuous decode slots over all devices (0 =
+  # chunk_prompts x num_samples: the static engine's memory).
+  c.rollout.refill = 1  # Prompts prefilled per refill (continuous).
+  c.rollout.attention = "window"  # Decode attention: window (the filled
+  # blocks) | full (every cache slot) | ragged (each row its own blocks).
+  c.rollout.score_while_decoding = True  # Check answers / judge finished
+  # prompts on host threads while the rest decode (same results).
 
   c.lr = 3e-4  # AdamW learning rate.
   c.lr_schedule = "constant"  # constant | cosine.

@@ -52,6 +52,14 @@ def _prompt_keys(rng, ids):
       lambda i: jax.random.fold_in(rng, i))(jnp.asarray(ids, jnp.int32)))
 
 
+def _report(on_done, idx, tokens, mask, *, start: int, real: int):
+  """A chunk's finished prompts, as indices of the whole batch (padding
+  prompts dropped)."""
+  keep = idx < real
+  if keep.any():
+    on_done(idx[keep] + start, tokens[keep], mask[keep])
+
+
 def decode_params(params, mesh, dtype: str | None):
   """The sampler's copy of the weights: in `dtype` (cast once per rollout,
   not per step) and laid out for decoding (`sharding.decode_shardings`:
@@ -132,12 +140,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       tok = np.concatenate([tok, np.zeros((pad,) + tok.shape[1:], tok.dtype)])
       msk = np.concatenate([msk, np.zeros((pad,) + msk.shape[1:], bool)])
       key = np.concatenate([key, np.repeat(key[:1], pad, 0)])
-    done = None
-    if on_done is not None:
-      def done(idx, tokens, mask, s=s, n=n):
-        keep = idx < n
-        if keep.any():
-          on_done(idx[keep] + s, tokens[keep], mask[keep])
+    done = None if on_done is None else functools.partial(
+        _report, on_done, start=s, real=n)
     out = engine_lib.run(graph, state, tok, msk, key, spec_args=spec_args,
                          slots=slots, mesh=mesh, on_done=done)
     if stats is not None:

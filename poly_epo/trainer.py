@@ -24,11 +24,12 @@ from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
                       distributed, evaluate, export, metrics, pretrain,
-                      rollout, set_rl, sharding, storage, tasks, update)
+                      rollout, scoring, set_rl, sharding, storage, tasks,
+                      update)
 from poly_epo.judges.factory import JudgeWatch, make_judge
 from poly_epo.run_config import check_workdir, flat_config, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
-from poly_epo.tokenizer import chat_format, decode_completions, encode_prompts
+from poly_epo.tokenizer import chat_format, encode_prompts
 
 def _write_json(obj, path: str) -> None:
   """Atomic JSON write by the main process (any storage)."""
@@ -151,33 +152,20 @@ def step_prompts(run: Run, step: int):
   return mine, tokens, mask
 
 
-def rollout_step(run: Run, params, tokens, mask, step: int):
+def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None,
+                 stats=None):
   """N completions per prompt: NumPy SampleOutput [B_local, N, L]."""
   cfg = run.cfg
+  r = cfg.rollout
   return rollout.rollout(
       run.graphdef, params, run.rest, tokens, mask,
       np.arange(*run.block), rng=jax.random.fold_in(run.key, step),
       num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
       eos_id=run.tok.eos_token_id, pad_id=run.tok.pad_token_id,
       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-      chunk_prompts=cfg.rollout.chunk_prompts, mesh=run.mesh,
-      compute_dtype=cfg.model.dtype)
-
-
-def score_step(run: Run, prompts, out):
-  """(rewards [B_local, N], labels [B_local, N], valid [B_local], judge
-  outcome counts [ok, failed, wrong_count] of this step)."""
-  texts = decode_completions(run.tok, out.tokens, out.mask)
-  rewards, labels = evaluate.score(run.task, prompts, texts)
-  valid = np.ones(len(prompts), bool)
-  statuses = np.zeros(3)
-  if run.judge is not None:
-    results = run.judge.cluster_many(prompts, texts)
-    labels = np.array([r.labels for r in results], np.int32)
-    valid = np.array([r.valid for r in results])
-    statuses = np.array([sum(r.status == s for r in results)
-                         for s in ("ok", "failed", "wrong_count")], float)
-  return rewards, labels, valid, statuses
+      chunk_prompts=r.chunk_prompts, mesh=run.mesh,
+      compute_dtype=cfg.model.dtype, engine=r.engine, slots=r.slots,
+      refill=r.refill, attention=r.attention, on_done=on_done, stats=stats)
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):
@@ -346,9 +334,12 @@ def _train(cfg, task, judge, stop) -> dict:
   for step in bar:
     t0 = time.perf_counter()
     prompts, tokens, mask = step_prompts(run, step)
-    out = rollout_step(run, params, tokens, mask, step)
+    scorer = scoring.StepScorer(run.task, run.tok, run.judge, prompts)
+    out = rollout_step(run, params, tokens, mask, step,
+                       on_done=scorer.submit if cfg.rollout.score_while_decoding
+                       else None)
     t_sample = time.perf_counter() - t0
-    rewards, labels, valid, statuses = score_step(run, prompts, out)
+    rewards, labels, valid, statuses = scorer.result(out)
     if run.judge is not None:
       run.judge.flush(f"step_{step:07d}")  # Shared cache: same labels on
       # resume.

@@ -45,6 +45,7 @@ def _block_update(carry, q_NKGH, k_NKHW, v_NKWH, valid_NW):
   alpha = jnp.where(jnp.isfinite(m), jnp.exp(m - m_safe), 0.0)
   p = jnp.where(valid, jnp.exp(s - m_safe[..., None]), 0.0)
   l = l * alpha + jnp.sum(p, -1)
+  v_NKWH = jnp.where(valid_NW[:, None, :, None], v_NKWH, 0)  # Stale slots.
   pv = jnp.einsum("nkgw,nkwh->nkgh", p.astype(q_NKGH.dtype),
                   v_NKWH.astype(q_NKGH.dtype)).astype(jnp.float32)
   return m_new, l, acc * alpha[..., None] + pv

@@ -1,0 +1,208 @@
+"""poly_epo.engine: the continuous schedule returns exactly the static
+schedule's tokens (any slot count, refill size, chunking, mesh); finished
+prompts are reported once, while others decode; counters add up; no
+collective over the batch axes runs inside the decode loop of a pod."""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from poly_epo import engine, rollout, sharding
+from poly_epo.models import init_model, preset
+
+EOS = 2
+K = 3
+L = 24
+
+
+@pytest.fixture(scope="module")
+def policy():
+  """A random 8-token policy: EOS has probability ~1/8 at every step, so
+  response lengths spread from 1 to L."""
+  model = init_model(preset("tiny", vocab_size=8), seed=1)
+  return nnx.split(model, nnx.Param, ...)
+
+
+def _prompts(b=10, p=6, seed=0):
+  rs = np.random.RandomState(seed)
+  tokens = rs.randint(3, 8, (b, p)).astype(np.int32)
+  mask = np.ones((b, p), bool)
+  for i in range(b):
+    mask[i, :rs.randint(0, p)] = False  # Prompts of 1..p tokens.
+  tokens[~mask] = 0
+  return tokens, mask
+
+
+def _run(policy, mesh=None, **kw):
+  graphdef, params, rest = policy
+  tokens, mask = _prompts()
+  if mesh is not None:
+    params = jax.device_put(params, sharding.tree_shardings(params, mesh))
+  return rollout.rollout(graphdef, params, rest, tokens, mask,
+                         np.arange(len(tokens)), rng=jax.random.key(7),
+                         num_samples=K, max_new_tokens=L, eos_id=EOS,
+                         pad_id=0, **kw)
+
+
+@pytest.fixture(scope="module")
+def static(policy):
+  out = _run(policy)
+  lengths = out.lengths.ravel()
+  assert lengths.min() <= 3 and lengths.max() == L  # Ragged indeed.
+  return out
+
+
+def _same(got, want):
+  np.testing.assert_array_equal(got.tokens, want.tokens)
+  np.testing.assert_array_equal(got.mask, want.mask)
+  np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+
+
+@pytest.mark.parametrize("slots,refill,chunk", [
+    (3, 1, 0), (6, 2, 0), (7, 1, 4), (12, 1, 0), (30, 3, 0)])
+def test_continuous_equals_static_on_one_device(policy, static, slots,
+                                                refill, chunk):
+  stats = {}
+  got = _run(policy, engine="continuous", slots=slots, refill=refill,
+             chunk_prompts=chunk, stats=stats)
+  _same(got, static)
+  # Every busy row-step made one token (the first comes from the prefill).
+  assert stats["busy_steps"] == int(static.lengths.sum()) - 10 * K
+  assert stats["slot_steps"] >= stats["busy_steps"]
+
+
+@pytest.mark.parametrize("chunk", [3, 4])
+def test_static_chunks_change_no_token(policy, static, chunk):
+  _same(_run(policy, chunk_prompts=chunk), static)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1), (4, 1, 2)])
+def test_continuous_on_a_mesh_equals_one_device(policy, static, shape):
+  mesh = sharding.make_mesh(*shape)
+  got = _run(policy, mesh=mesh, engine="continuous",
+             slots=K * sharding.batch_shards(mesh))
+  _same(got, static)
+
+
+def test_attention_variants_give_the_same_tokens(policy, static):
+  for impl in ("ragged", "full"):
+    got = _run(policy, attention=impl)
+    np.testing.assert_array_equal(got.tokens, static.tokens)
+
+
+def test_finished_prompts_are_reported_once_while_others_decode(policy,
+                                                                static):
+  calls = []
+  got = _run(policy, engine="continuous", slots=6,
+             on_done=lambda i, t, m: calls.append((i, t, m)))
+  _same(got, static)
+  seen = np.concatenate([i for i, _, _ in calls])
+  assert sorted(seen.tolist()) == list(range(10))
+  assert len(calls) > 1  # Reported in several groups, not once at the end.
+  for idx, tok, msk in calls:
+    np.testing.assert_array_equal(tok, static.tokens[idx])
+    np.testing.assert_array_equal(msk, static.mask[idx])
+
+
+def test_bad_settings_name_the_field(policy):
+  with pytest.raises(ValueError, match="rollout.slots"):
+    _run(policy, engine="continuous", slots=4, refill=2)
+  with pytest.raises(ValueError, match="rollout.engine"):
+    _run(policy, engine="paged")
+  with pytest.raises(ValueError, match="rollout.attention"):
+    _run(policy, attention="flash")
+
+
+def test_pack_prompts_keeps_order_and_lengths():
+  tokens = np.array([[0, 0, 5, 6], [7, 8, 9, 1], [0, 0, 0, 0]])
+  mask = tokens > 0
+  packed, plen = engine.pack_prompts(tokens, mask)
+  np.testing.assert_array_equal(plen, [2, 4, 0])
+  np.testing.assert_array_equal(packed, [[5, 6, 0, 0], [7, 8, 9, 1],
+                                         [0, 0, 0, 0]])
+
+
+# --- The compiled decode loop of a pod (abstract TPU devices) ------------
+
+_COLLECTIVE = re.compile(
+    r"\b(all-reduce|all-gather|reduce-scatter|all-to-all|collective-permute)"
+    r"(-start)?\(")
+
+
+def _computations(hlo: str) -> dict:
+  comps, name = {}, None
+  for line in hlo.splitlines():
+    m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) ", line)
+    if m and line.rstrip().endswith("{"):
+      name = m.group(1)
+      comps[name] = []
+    elif name is not None:
+      comps[name].append(line)
+  return {k: "\n".join(v) for k, v in comps.items()}
+
+
+def _loop_collectives(hlo: str) -> list:
+  """Collective instructions inside while loops (bodies and everything they
+  call), with their replica groups."""
+  comps = _computations(hlo)
+  roots = set()
+  for text in comps.values():
+    roots |= set(re.findall(r"body=%?([\w.\-]+)", text))
+    roots |= set(re.findall(r"condition=%?([\w.\-]+)", text))
+  seen, todo = set(), list(roots)
+  while todo:
+    name = todo.pop()
+    if name in seen or name not in comps:
+      continue
+    seen.add(name)
+    todo += [c for c in re.findall(r"%([\w.\-]+)", comps[name]) if c in comps]
+  return [line.strip() for name in seen for line in comps[name].splitlines()
+          if _COLLECTIVE.search(line)]
+
+
+def _compile_segment(mesh, cfg):
+  model = init_model(cfg, seed=0)
+  graphdef, state = nnx.split(model)
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                       state)
+  shard = sharding.decode_shardings(state, mesh)
+  params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=s), state, shard)
+  d = sharding.batch_shards(mesh)
+  b, p = 2 * d, 8
+  row = lambda shape, dt: jax.ShapeDtypeStruct(
+      shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+  c = engine.Consts(row((b, p), np.int32), row((b,), np.int32),
+                    row((b, 2), np.uint32))
+  spec = engine.plan_spec(batch_dev=2, prompt_width=p, num_samples=2,
+                          max_new_tokens=16, engine="continuous",
+                          slots_dev=2, refill=1, block=16)
+  return engine.begin.lower(graphdef, params, c, spec=spec,
+                            mesh=mesh).compile().as_text()
+
+
+def test_no_batch_axis_collective_inside_the_decode_loop_of_a_pod():
+  """v5p-16 (8 chips, 2 hosts), fsdp over all 8: the FSDP weights are laid
+  out for decoding, so the loop (prefill refills included) talks to no
+  other chip; with tensor=2 only within a tensor pair."""
+  from tpu_topologies import tpu_devices
+  devices = tpu_devices("v5p-16")
+  cfg = preset("tiny", vocab_size=64, num_kv_heads=2, num_heads=4)
+  mesh = sharding.make_mesh(1, 8, 1, devices=devices)
+  assert _loop_collectives(_compile_segment(mesh, cfg)) == []
+  mesh = sharding.make_mesh(1, 4, 2, devices=devices)
+  lines = _loop_collectives(_compile_segment(mesh, cfg))
+  assert lines  # The tensor pair does talk (its MLP halves) ...
+  for line in lines:  # ... but only within the pair: logical ids 2i, 2i+1.
+    groups = re.search(r"(?:replica_groups|source_target_pairs)="
+                       r"(\{\{[\d,{}]+\}\}|\[\d+,\d+\]<=\[\d+\])", line)
+    assert groups, line
+    text = groups.group(1)
+    if text.startswith("["):  # Iota form [n, 2] <= [8]: consecutive pairs.
+      assert re.match(r"\[\d+,2\]<=\[8\]", text), line
+      continue
+    for g in re.findall(r"\{([\d,]+)\}", text):
+      assert len({int(i) // 2 for i in g.split(",")}) == 1, line
