@@ -88,6 +88,7 @@ class Spec(NamedTuple):
   pad_id: int
   attention: str
   block: int
+  forced_lengths: str = ""  # Benchmarks: "uniform" | "capped" (see below).
 
 
 def pack_prompts(tokens_BP, mask_BP):
@@ -117,7 +118,24 @@ def init_state(cfg, spec: Spec, batch: int) -> State:
       length_R=zi(rows + 1), finished_B=zi(batch))
 
 
+def forced_length(key_data_N2, max_new_tokens: int, spread: str):
+  """A row's response length as a hash of its key (benchmarks): "uniform"
+  on [max(1, L // 20), L]; "capped": 30% at L, the rest uniform below."""
+  u = jax.vmap(lambda kd: jax.random.uniform(jax.random.fold_in(
+      jax.random.wrap_key_data(kd), 2**31 - 1), (2,)))(key_data_N2)
+  lo = max(1, max_new_tokens // 20)
+  length = lo + jnp.floor(u[:, 0] * (max_new_tokens - lo + 1))
+  if spread == "capped":
+    below = lo + jnp.floor(u[:, 0] * (max_new_tokens - lo))
+    length = jnp.where(u[:, 1] < 0.3, max_new_tokens, below)
+  return jnp.minimum(length, max_new_tokens).astype(jnp.int32)
+
+
 def _sample(spec: Spec, logits_NV, key_data_N2, t_N):
+  if spec.forced_lengths:  # EOS exactly at the hashed length, never before.
+    end = forced_length(key_data_N2, spec.max_new_tokens, spec.forced_lengths)
+    eos = jnp.where(t_N + 1 == end, 1e9, -1e9)
+    logits_NV = logits_NV.at[:, spec.eos_id].set(eos)
   keys = jax.vmap(lambda kd, t: jax.random.fold_in(
       jax.random.wrap_key_data(kd), t))(key_data_N2, t_N)
   return sample_tokens(logits_NV, keys, temperature=spec.temperature,
@@ -292,7 +310,7 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               refill: int = 1, attention: str = "window", block: int = 0,
               segment_steps: int = 0, temperature: float = 1.0,
               top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
-              pad_id: int = 0) -> Spec:
+              pad_id: int = 0, forced_lengths: str = "") -> Spec:
   """The static settings of one device's engine, errors naming the fields."""
   if engine not in ENGINES:
     raise ValueError(f"rollout.engine={engine!r} must be one of {ENGINES}")
@@ -316,7 +334,8 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               segment_steps=segment_steps or 2**30, cache_len=cache_len,
               temperature=float(temperature), top_k=int(top_k),
               top_p=float(top_p), eos_id=int(eos_id), pad_id=int(pad_id),
-              attention=attention, block=block)
+              attention=attention, block=block,
+              forced_lengths=forced_lengths)
 
 
 class Result(NamedTuple):

@@ -81,3 +81,23 @@ def completion_logprobs(model, tokens_ST, attn_ST, prompt_len: int, *,
   hidden_L = hidden[:, prompt_len - 1:prompt_len - 1 + length]
   return sequence_logprobs(hidden_L, model.head(), tokens_ST[:, prompt_len:],
                            temperature=temperature, chunk=chunk)
+
+
+def packed_completion_logprobs(model, tokens_RW, segment_RW, position_RW,
+                               index_SL, *, shards: int = 1,
+                               temperature: float = 1.0, chunk: int = 0):
+  """(logp, entropy) [S, L] of response tokens from one forward over packed
+  rows (poly_epo/packing.py): every packed position predicts the next token
+  of its row; `index_SL` picks, per device (`shards` contiguous blocks of
+  rows and of sequences), the position predicting each response token."""
+  hidden = model(tokens_RW, position_RW, segment_RW > 0, hidden_only=True,
+                 segment_ids_BT=segment_RW)
+  targets = jnp.pad(tokens_RW[:, 1:], ((0, 0), (0, 1)))
+  logp_RW, ent_RW = sequence_logprobs(hidden, model.head(), targets,
+                                      temperature=temperature, chunk=chunk)
+  s, length = index_SL.shape
+  pick = jax.vmap(lambda x, i: jnp.take(x, i, axis=0))
+  index = index_SL.reshape(shards, s // shards, length)
+  out = [pick(x.reshape(shards, -1), index).reshape(s, length)
+         for x in (logp_RW, ent_RW)]
+  return out[0], out[1]

@@ -77,7 +77,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
             chunk_prompts: int = 0, mesh=None, compute_dtype: str | None = None,
             progress: bool = False, engine: str = "static", slots: int = 0,
             refill: int = 1, attention: str = "window", on_done=None,
-            stats: dict | None = None) -> sampling.SampleOutput:
+            stats: dict | None = None, **engine_args
+            ) -> sampling.SampleOutput:
   """Sample `num_samples` completions per prompt of this process's share.
 
   Args:
@@ -101,6 +102,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
+    **engine_args: further `engine.plan_spec` settings (block,
+      forced_lengths for benchmarks).
 
   Returns:
     `SampleOutput` of NumPy arrays for this process's prompts: [B_local, N, L].
@@ -128,7 +131,7 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
                    temperature=temperature, top_k=top_k, top_p=top_p,
                    eos_id=-1 if eos_id is None else int(eos_id),
                    pad_id=int(pad_id), engine=engine, refill=refill,
-                   attention=attention)
+                   attention=attention, **engine_args)
   outs = []
   starts = range(0, b, chunk)
   for s in tqdm.tqdm(starts, desc="rollout", disable=not progress or
@@ -146,7 +149,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
                          slots=slots, mesh=mesh, on_done=done)
     if stats is not None:
       for name, value in out.stats.items():
-        stats[name] = stats.get(name, 0) + value
+        add = name in ("steps", "slot_steps", "busy_steps", "segments")
+        stats[name] = stats.get(name, 0) + value if add else value
     outs.append([x[:n] for x in out[:4]])
   return sampling.SampleOutput(*(np.concatenate(parts)
                                  for parts in zip(*outs)))

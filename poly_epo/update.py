@@ -39,6 +39,20 @@ class RolloutBatch(NamedTuple):
   adv_S: jax.Array
 
 
+class PackedBatch(NamedTuple):
+  """The same S sequences packed end to end (poly_epo/packing.py): rows of
+  W tokens with segment ids and positions, `index_SL` the response tokens'
+  places in each device's rows; mask / old log-probs / advantages as in
+  `RolloutBatch`."""
+  tokens_RW: jax.Array
+  segment_RW: jax.Array
+  position_RW: jax.Array
+  index_SL: jax.Array
+  mask_SL: jax.Array
+  old_logp_SL: jax.Array
+  adv_S: jax.Array
+
+
 def make_optimizer(lr: float, *, weight_decay: float, grad_clip: float,
                    warmup_steps: int = 0, total_steps: int = 1,
                    schedule: str = "constant") -> optax.GradientTransformation:
@@ -80,7 +94,7 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
                    num_microbatches: int = 1, temperature: float = 1.0,
                    loss_options: dict | None = None,
                    recompute_old_logprobs: bool = False,
-                   logprob_chunk: int = 0):
+                   logprob_chunk: int = 0, packing: bool = False):
   """Returns update(params, opt_state, batch) -> (params, opt_state, metrics),
   jitted with explicit shardings and donated params/optimizer state.
 
@@ -90,18 +104,25 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
   recomputed by one forward pass of the training model over the rollout,
   micro-batch by micro-batch, before the first minibatch, so the ratio of
   the first minibatch is exactly 1 whatever precision the sampler used.
-  `logprob_chunk` bounds the [S, chunk, V] logits held at once.
+  `logprob_chunk` bounds the [S, chunk, V] logits held at once. With
+  `packing` the update takes a `PackedBatch` (one forward per packed row;
+  the loss on the [S, L] layout as without).
   """
   loss_options = dict(loss_options or {})
+  shards = sharding.batch_shards(mesh)
 
-  def forward_logprobs(params, tokens_ST, attn_ST):
+  def forward_logprobs(params, mb):
     model = nnx.merge(graphdef, params)
-    return logprobs.completion_logprobs(model, tokens_ST, attn_ST, prompt_len,
-                                        temperature=temperature,
-                                        chunk=logprob_chunk)
+    if not packing:
+      return logprobs.completion_logprobs(
+          model, mb.tokens_ST, mb.attn_ST, prompt_len,
+          temperature=temperature, chunk=logprob_chunk)
+    return logprobs.packed_completion_logprobs(
+        model, mb.tokens_RW, mb.segment_RW, mb.position_RW, mb.index_SL,
+        shards=shards, temperature=temperature, chunk=logprob_chunk)
 
-  def micro_loss(params, mb: RolloutBatch):
-    logp, ent = forward_logprobs(params, mb.tokens_ST, mb.attn_ST)
+  def micro_loss(params, mb):
+    logp, ent = forward_logprobs(params, mb)
     parts = losses.policy_loss(logp, mb.old_logp_SL, mb.adv_S, mb.mask_SL,
                                entropy_BL=ent, **loss_options)
     return parts.numerator, (parts.denominator, parts.metrics)
@@ -137,11 +158,9 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
       return _update(params, opt_state, batch)
 
-  def _update(params, opt_state, batch: RolloutBatch):
-    s = batch.adv_S.shape[0]
-    per = s // (num_minibatches * num_microbatches)
-
+  def _update(params, opt_state, batch):
     def split(x):
+      per = x.shape[0] // (num_minibatches * num_microbatches)
       # Row s goes to minibatch s % mini (whatever the micro-batch count):
       # with the rows laid out in contiguous blocks per device, every
       # micro-batch takes its share from every device without moving a row
@@ -156,7 +175,7 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     extra = {}
     if recompute_old_logprobs:
       def recompute(mb):
-        logp, _ = forward_logprobs(params, mb.tokens_ST, mb.attn_ST)
+        logp, _ = forward_logprobs(params, mb)
         return jnp.where(mb.mask_SL, logp, 0.0)
       flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
       old = jax.lax.map(recompute, flat).reshape(batch.old_logp_SL.shape)
@@ -171,8 +190,10 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     metrics.update(extra)
     return params, opt_state, metrics
 
-  batch_sh = RolloutBatch(*(sharding.batch_sharding(mesh, n)
-                            for n in (2, 2, 2, 2, 1)))
+  batch_sh = (PackedBatch(*(sharding.batch_sharding(mesh, n)
+                            for n in (2, 2, 2, 2, 2, 2, 1))) if packing else
+              RolloutBatch(*(sharding.batch_sharding(mesh, n)
+                             for n in (2, 2, 2, 2, 1))))
   return jax.jit(update,
                  in_shardings=(params_sharding, opt_sharding, batch_sh),
                  out_shardings=(params_sharding, opt_sharding,

@@ -58,13 +58,11 @@ def run_jax(args):
   rng = np.random.RandomState(0)
   prompts = jnp.asarray(rng.randint(0, cfg.vocab_size, (b, p)), jnp.int32)
   mask = jnp.ones((b, p), bool)
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-  keys = sampling.prompt_keys(jax.random.key(0), b)
-
-  def prefill():
-    return jax.block_until_ready(sampling._prefill(
-        graphdef, state, prompts, mask, keys, num_samples=k, max_new_tokens=l))
+  def prefill():  # The prefill and the first token.
+    out = sampling.generate(model, prompts, mask, num_samples=k,
+                            max_new_tokens=1, eos_id=None,
+                            rng=jax.random.key(1))
+    return jax.block_until_ready(out.tokens)
 
   def full():
     out = sampling.generate(model, prompts, mask, num_samples=k,

@@ -6,21 +6,25 @@ from slot 0 (prompt, then response), so row n attends to slots
 `[0, length_N[n])`; nothing before the prompt is padding.
 
 Implementations (`rollout.attention`):
-- "window" (default, every backend): online softmax over aligned blocks of
-  `block` slots, only the blocks up to the longest row's fill. Rows read the
-  batch's window, not their own, but nothing past the filled part of the
-  batch: a step early in a response reads a short window.
+- "window" (default, every backend): softmax over the first blocks of
+  `block` slots up to the longest row's fill, rounded up to a power of two
+  of blocks (`lax.switch` over those widths: one compiled window each, no
+  loop). Rows read the batch's window, not their own, but
+  nothing past the filled part of the batch: a step early in a response
+  reads a short window.
 - "full": masked softmax over all C slots (the pre-engine sampler's cost).
 - "ragged": each row reads only its own blocks (`lax.map` over rows, each with
   its own trip count). Exactly what a ragged kernel does; worth it on CPU only
   for few long rows; on TPU / GPU the Pallas paged / decode kernels are the
   fast form of it.
 
-Exactness: blocks are aligned at absolute slot multiples of `block` and a
-masked slot contributes exactly 0 (a block with no valid slot leaves the
-running max, sum and output bit-for-bit unchanged; the first block with one
-resets them), so a row's output does not depend on how many blocks the batch
-reads, on the other rows or on the window. This is what lets the static and
+Exactness: a wider window only appends masked slots, whose probabilities
+and values are exact zeros, and the max is order-free; so a row's output
+does not depend on how many blocks the batch reads or on the other rows up
+to the reduction order of its sums. On XLA:CPU that order gives identical
+bits (tests/test_decode_attention.py, and the engines' token equality in
+tests/test_engine.py); elsewhere a difference is float rounding, which can
+change a token only at an exact tie of the sampler's uniform draw. This is what lets the static and
 continuous engines return identical tokens.
 """
 
@@ -32,57 +36,47 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("window", "full", "ragged")
 
 
-def _block_update(carry, q_NKGH, k_NKHW, v_NKWH, valid_NW):
-  """One online-softmax step over a block of W slots (float32 state)."""
-  m, l, acc = carry  # [N, K, G], [N, K, G], [N, K, G, H]
-  h = q_NKGH.shape[-1]
-  s = jnp.einsum("nkgh,nkhw->nkgw", q_NKGH, k_NKHW.astype(q_NKGH.dtype))
-  s = s.astype(jnp.float32) * (h**-0.5)
-  valid = valid_NW[:, None, None, :]
-  s = jnp.where(valid, s, -jnp.inf)
-  m_new = jnp.maximum(m, jnp.max(s, -1))
-  m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-  alpha = jnp.where(jnp.isfinite(m), jnp.exp(m - m_safe), 0.0)
-  p = jnp.where(valid, jnp.exp(s - m_safe[..., None]), 0.0)
-  l = l * alpha + jnp.sum(p, -1)
-  v_NKWH = jnp.where(valid_NW[:, None, :, None], v_NKWH, 0)  # Stale slots.
-  pv = jnp.einsum("nkgw,nkwh->nkgh", p.astype(q_NKGH.dtype),
-                  v_NKWH.astype(q_NKGH.dtype)).astype(jnp.float32)
-  return m_new, l, acc * alpha[..., None] + pv
+def _dense(q, k_cache, v_cache, length_N, width: int):
+  """Softmax attention over slots [0, width) of every row (float32 softmax),
+  slots at or past a row's length masked (their values too: stale slots
+  may hold anything)."""
+  h = q.shape[-1]
+  kb, vb = k_cache[..., :width], v_cache[:, :, :width]
+  valid = jnp.arange(width)[None] < length_N[:, None]  # [N, W]
+  s = jnp.einsum("nkgh,nkhw->nkgw", q, kb.astype(q.dtype))
+  s = jnp.where(valid[:, None, None], s.astype(jnp.float32) * (h**-0.5),
+                -jnp.inf)
+  m = jnp.max(s, -1, keepdims=True)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  p = jnp.where(valid[:, None, None], jnp.exp(s - m), 0.0)
+  vb = jnp.where(valid[:, None, :, None], vb, 0)
+  o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(q.dtype), vb.astype(q.dtype))
+  l = jnp.sum(p, -1)
+  return (o.astype(jnp.float32) / jnp.maximum(l, 1e-30)[..., None]
+          ).astype(q.dtype)
 
 
-def _init(q_NKGH):
-  n, k, g, h = q_NKGH.shape
-  return (jnp.full((n, k, g), -jnp.inf, jnp.float32),
-          jnp.zeros((n, k, g), jnp.float32),
-          jnp.zeros((n, k, g, h), jnp.float32))
-
-
-def _finish(carry, dtype):
-  _, l, acc = carry
-  return (acc / jnp.maximum(l, 1e-30)[..., None]).astype(dtype)
+def buckets(cache_len: int, block: int) -> tuple:
+  """Block counts the window takes: powers of two up to the whole cache."""
+  total = cache_len // block
+  out, nb = [], 1
+  while nb < total:
+    out.append(nb)
+    nb *= 2
+  return tuple(out) + (total,)
 
 
 def _window(q, k_cache, v_cache, length_N, block: int, window):
   c = k_cache.shape[-1]
   if window is not None:  # A static window (the planner's cost model).
-    nblk = -(-min(int(window), c) // block)
-  else:
-    nblk = (jnp.max(length_N) + block - 1) // block
-
-  def body(j, carry):
-    start = j * block
-    kb = jax.lax.dynamic_slice_in_dim(k_cache, start, block, axis=3)
-    vb = jax.lax.dynamic_slice_in_dim(v_cache, start, block, axis=2)
-    valid = (start + jnp.arange(block))[None, :] < length_N[:, None]
-    return _block_update(carry, q, kb, vb, valid)
-
-  if isinstance(nblk, int):
-    carry = _init(q)
-    for j in range(nblk):  # Straight-line: exact compiler cost per window.
-      carry = body(j, carry)
-    return _finish(carry, q.dtype)
-  return _finish(jax.lax.fori_loop(0, nblk, body, _init(q)), q.dtype)
+    return _dense(q, k_cache, v_cache, length_N,
+                  -(-min(int(window), c) // block) * block)
+  sizes = buckets(c, block)
+  need = (jnp.max(length_N) + block - 1) // block
+  index = jnp.sum(jnp.asarray(sizes[:-1]) < need)
+  return jax.lax.switch(index, [
+      lambda q, k, v, n, nb=nb: _dense(q, k, v, n, nb * block)
+      for nb in sizes], q, k_cache, v_cache, length_N)
 
 
 def _ragged(q, k_cache, v_cache, length_N, block: int):
@@ -94,9 +88,7 @@ def _ragged(q, k_cache, v_cache, length_N, block: int):
 
 
 def _full(q, k_cache, v_cache, length_N):
-  c = k_cache.shape[-1]
-  valid = jnp.arange(c)[None, :] < length_N[:, None]
-  return _finish(_block_update(_init(q), q, k_cache, v_cache, valid), q.dtype)
+  return _dense(q, k_cache, v_cache, length_N, k_cache.shape[-1])
 
 
 def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",

@@ -186,9 +186,11 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg.rms_norm_eps, pd)
 
   def __call__(self, x_BTD, cos_BTH, sin_BTH, mask_BTS, kv=None,
-               cache_index=None):
+               cache_index=None, segment_BT=None):
     """Returns (out_BTD, (k_BKHS, v_BKSH)): the keys/values attended to
-    (None in the no-cache forward through `jax.nn.dot_product_attention`)."""
+    (None in the no-cache forward through `jax.nn.dot_product_attention`).
+    `segment_BT` (no-cache forward): int segment ids, 0 = padding; splash
+    attention takes them, the other paths read `mask_BTS`."""
     cfg, dt = self.cfg, x_BTD.dtype
     b, t, d = x_BTD.shape
     n, h = cfg.num_heads, cfg.head_dim
@@ -196,8 +198,9 @@ class Attention(nnx.Module):
     if kv is None:  # Training / scoring forward: nothing to cache.
       if cfg.attention == "splash":  # Its own blocking: no query chunks.
         from poly_epo.models.splash import attend_splash
-        # mask_BTS = causal & key-valid, so its last row is the padding mask.
-        out = attend_splash(q, k, v, mask_BTS[:, -1, :])
+        # Without segments mask_BTS's last row is the padding mask.
+        seg = segment_BT if segment_BT is not None else mask_BTS[:, -1, :]
+        out = attend_splash(q, k, v, seg)
       else:
         if cfg.attention == "einsum":
           kt = jnp.transpose(k, (0, 2, 3, 1))
@@ -297,9 +300,10 @@ class Block(nnx.Module):
     self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x_BTD, cos, sin, mask_BTS, kv=None, cache_index=None):
+  def __call__(self, x_BTD, cos, sin, mask_BTS, kv=None, cache_index=None,
+               segment_BT=None):
     h, kv = self.attn(self.input_norm(x_BTD), cos, sin, mask_BTS, kv,
-                      cache_index)
+                      cache_index, segment_BT)
     x_BTD = x_BTD + h
     return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv
 
@@ -319,7 +323,7 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BT, positions_BT=None, attention_mask_BT=None, *,
                cache: KVCache | None = None, cache_index=None,
                last_only: bool = False, rope_table=None,
-               hidden_only: bool = False):
+               hidden_only: bool = False, segment_ids_BT=None):
     """Forward pass.
 
     Args:
@@ -334,6 +338,9 @@ class Transformer(nnx.Module):
       rope_table: optional `rope_table(cfg, n)` output covering every position.
       hidden_only: return the final-normed hidden states [B, T, D] (compute
         dtype) instead of logits, for chunked log-probs (poly_epo.logprobs).
+      segment_ids_BT: int32 [B, T] packed sequences (no cache): a token
+        attends only to earlier tokens of its own segment; 0 = padding.
+        Pass `positions_BT` too (positions within each sequence).
 
     Returns:
       logits [B, T, V] float32, or (logits, new_cache) when `cache` is given.
@@ -360,6 +367,9 @@ class Transformer(nnx.Module):
     if cache is None:
       causal = jnp.tril(jnp.ones((t, t), bool))
       mask_BTS = causal[None] & attention_mask_BT[:, None, :]
+      if segment_ids_BT is not None:
+        mask_BTS = mask_BTS & (segment_ids_BT[:, :, None] ==
+                               segment_ids_BT[:, None, :])
       new_mask = None
     else:
       new_mask = jax.lax.dynamic_update_slice(cache.mask_BS, attention_mask_BT,
@@ -376,7 +386,7 @@ class Transformer(nnx.Module):
     if cache is None:
       for layer in self.layers:
         x = constrain_rows(_layer_forward(layer, x, cos, sin, mask_BTS,
-                                          cfg.remat))
+                                          cfg.remat, segment_ids_BT))
     else:
       for i, layer in enumerate(self.layers):
         x, (k, v) = layer(x, cos, sin, mask_BTS, (cache.k[i], cache.v[i]),
@@ -435,18 +445,20 @@ class Transformer(nnx.Module):
                       self.head().astype(x_BTD.dtype)).astype(jnp.float32)
 
 
-def _layer_forward(layer: Block, x_BTD, cos, sin, mask_BTS, remat: str):
+def _layer_forward(layer: Block, x_BTD, cos, sin, mask_BTS, remat: str,
+                   segment_BT=None):
   """One layer of the no-cache forward, under `jax.checkpoint` unless
   remat == "none" (functional split/merge, so it composes with any outer
   jit / scan / map)."""
   if remat == "none":
-    return layer(x_BTD, cos, sin, mask_BTS)[0]
+    return layer(x_BTD, cos, sin, mask_BTS, segment_BT=segment_BT)[0]
   graphdef, state = nnx.split(layer)
 
-  def fwd(state, x, cos, sin, mask):
-    return nnx.merge(graphdef, state)(x, cos, sin, mask)[0]
+  def fwd(state, x, cos, sin, mask, seg):
+    return nnx.merge(graphdef, state)(x, cos, sin, mask,
+                                      segment_BT=seg)[0]
   return jax.checkpoint(fwd, policy=_REMAT_POLICIES[remat])(
-      state, x_BTD, cos, sin, mask_BTS)
+      state, x_BTD, cos, sin, mask_BTS, segment_BT)
 
 
 _REMAT_POLICIES = {
