@@ -91,6 +91,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.score_while_decoding = True  # Check answers / judge finished
   # prompts on host threads while the rest decode (same results).
 
+  c.update = ml_collections.ConfigDict()
+  c.update.packing = False  # Pack the rollout's sequences end to end for
+  # the old-log-prob pass and the update (no padding FLOPs; same loss and
+  # gradients). Worth it for long ragged responses; the embedded tasks'
+  # sequences are short and equal-ish.
+
   c.lr = 3e-4  # AdamW learning rate.
   c.lr_schedule = "constant"  # constant | cosine.
   c.warmup_steps = 0  # Linear warmup steps.

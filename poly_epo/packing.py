@@ -22,7 +22,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import numpy as np
+
+from poly_epo import distributed, sharding, update
 
 
 class Packed(NamedTuple):
@@ -120,3 +123,21 @@ def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
       index[i] = row * w + start + max(prompt - 1, 0) + np.minimum(
           ls, max(n - prompt - 1, 0))
   return Packed(tok, seg, pos, index, r, sum(len(x) for x in seqs))
+
+
+def packed_batch(batch, minibatches: int, microbatches: int, mesh):
+  """This process's `update.RolloutBatch` (NumPy) as an
+  `update.PackedBatch`, with the same rows per group on every process."""
+  devices = sharding.batch_shards(mesh) // jax.process_count()
+  rows = rows_needed(batch.tokens_ST, batch.attn_ST, batch.mask_SL,
+                     minibatches=minibatches, microbatches=microbatches,
+                     devices=devices)
+  n_dev = batch.adv_S.shape[0] // (minibatches * microbatches * devices)
+  rows = bucket_rows(int(distributed.allgather(np.array([rows])).max()),
+                     n_dev)
+  pk = pack(batch.tokens_ST, batch.attn_ST, batch.mask_SL,
+            minibatches=minibatches, microbatches=microbatches,
+            devices=devices, rows=rows)
+  return update.PackedBatch(pk.tokens_RW, pk.segment_RW, pk.position_RW,
+                            pk.index_SL, batch.mask_SL, batch.old_logp_SL,
+                            batch.adv_S)

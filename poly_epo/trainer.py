@@ -23,7 +23,8 @@ import tqdm
 from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
-                      distributed, evaluate, export, metrics, pretrain,
+                      distributed, evaluate, export, metrics, packing,
+                      pretrain,
                       rollout, scoring, set_rl, sharding, storage, tasks,
                       update)
 from poly_epo.judges.factory import JudgeWatch, make_judge
@@ -115,7 +116,7 @@ def setup(cfg, progress: bool, task, judge):
       num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
       recompute_old_logprobs=_recompute(cfg),
       logprob_chunk=cfg.model.logprob_chunk,
-      loss_options=loss_options(cfg))
+      loss_options=loss_options(cfg), packing=cfg.update.packing)
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
@@ -193,6 +194,9 @@ def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
       mask_SL=out.mask.reshape(-1, length),
       old_logp_SL=out.logprobs.reshape(-1, length),
       adv_S=adv.reshape(-1).astype(np.float32))
+  if cfg.update.packing:
+    batch = packing.packed_batch(batch, cfg.num_minibatches,
+                                 cfg.num_microbatches, run.mesh)
   batch = sharding.host_local_to_global(run.mesh, batch)
   params, opt_state, upd = run.update_fn(params, opt_state, batch)
   upd = {name: float(distributed.host_value(v)) for name, v in upd.items()}
