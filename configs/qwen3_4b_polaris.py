@@ -52,7 +52,7 @@ def get_config():
   # (x 8 rows x 5,120 positions) fits (64 on 8 v5p / H100 chips).
   c.rollout.engine = "continuous"  # Long ragged responses: decode slots
   c.rollout.slots = 0  # (= chunk x 8 rows) refilled from the whole batch.
-  c.update.packing = True  # Sequences packed end to end for the update.
+  c.packing = True  # Sequences packed end to end for the update.
   c.algorithm = "polyepo"
   c.set_size = 4  # n = 4.
   c.num_samples = 8  # N = 8 (70 sets).

@@ -91,11 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.score_while_decoding = True  # Check answers / judge finished
   # prompts on host threads while the rest decode (same results).
 
-  c.update = ml_collections.ConfigDict()
-  c.update.packing = False  # Pack the rollout's sequences end to end for
-  # the old-log-prob pass and the update (no padding FLOPs; same loss and
+  c.packing = False  # Pack the rollout's sequences end to end for the
+  # old-log-prob pass and the update (no padding FLOPs; same loss and
   # gradients). Worth it for long ragged responses; the embedded tasks'
-  # sequences are short and equal-ish.
+  # sequences are short and equal-ish. (Not `update.packing`: ConfigDict's
+  # own `update` method owns that name.)
 
   c.lr = 3e-4  # AdamW learning rate.
   c.lr_schedule = "constant"  # constant | cosine.

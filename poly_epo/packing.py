@@ -1,6 +1,6 @@
 """Sequence packing for the update: the rollout's sequences end to end in
 fixed-width rows, so the old-log-prob pass and the update stop paying for
-padding (`update.packing`).
+padding (`config.packing`).
 
 A sequence is its prompt's real tokens, then its response's valid tokens.
 Within each (minibatch, micro-batch) group of the update and each device's

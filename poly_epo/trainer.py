@@ -116,7 +116,7 @@ def setup(cfg, progress: bool, task, judge):
       num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
       recompute_old_logprobs=_recompute(cfg),
       logprob_chunk=cfg.model.logprob_chunk,
-      loss_options=loss_options(cfg), packing=cfg.update.packing)
+      loss_options=loss_options(cfg), packing=cfg.packing)
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
@@ -194,7 +194,7 @@ def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
       mask_SL=out.mask.reshape(-1, length),
       old_logp_SL=out.logprobs.reshape(-1, length),
       adv_S=adv.reshape(-1).astype(np.float32))
-  if cfg.update.packing:
+  if cfg.packing:
     batch = packing.packed_batch(batch, cfg.num_minibatches,
                                  cfg.num_microbatches, run.mesh)
   batch = sharding.host_local_to_global(run.mesh, batch)

@@ -1,7 +1,8 @@
 """Multi-host training through `jax.distributed`: 2 local CPU processes with 2
 devices each run 3 steps (HTTP judge labels from a local server) and agree
 with one process on 4 devices, also when both are stopped by SIGTERM and the
-same command resumes them; one host's start-up error stops both with one
+same command resumes them (the agreement run with the continuous engine and
+packed updates); one host's start-up error stops both with one
 line; per-host workdirs are refused."""
 
 import json
@@ -85,7 +86,11 @@ def _same_rows(want_dir, got_dir):
 def test_two_processes_agree_with_one_process_on_four_devices(
     base, judge_args, reference, tmp_path):
   multi = str(tmp_path / "multi")
-  procs = _launch([multi] * 2, base, *judge_args)
+  # The 2 processes decode with the continuous engine (4 slots per device)
+  # and update on packed rows: the same metrics as the static reference.
+  procs = _launch([multi] * 2, base, *judge_args,
+                  "--config.rollout.engine=continuous",
+                  "--config.rollout.slots=16", "--config.packing=True")
   logs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]

@@ -99,11 +99,11 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
   assert [l["step"] for l in lines if "eval/pass@1" in l] == [2, 4, 5]
 
 
-def _cmd(workdir, base):
+def _cmd(workdir, base, *extra):
   args = [f"--config.workdir={workdir}", f"--config.base_policy={base}",
           "--config.steps=8", "--config.prompts_per_step=8",
           "--config.ckpt_every=2", "--config.eval_prompts=0",
-          "--config.progress=False"]
+          "--config.progress=False", *extra]
   return [sys.executable, "-m", "poly_epo.train",
           f"--config={os.path.join(ROOT, 'configs', 'polynomial.py')}", *args]
 
@@ -118,17 +118,23 @@ def _train_metrics(workdir):
   return out
 
 
+# The killed run decodes with the continuous engine and updates on packed
+# sequences; the reference with the static engine and padded rows.
+ENGINE = ("--config.rollout.engine=continuous", "--config.rollout.slots=24",
+          "--config.rollout.refill=2", "--config.packing=True")
+
+
 def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
   subprocess.run(_cmd(ref_dir, base), check=True, env=env, cwd=ROOT,
                  capture_output=True, timeout=600)
-  kill_when_exists(_cmd(run_dir, base), env,
+  kill_when_exists(_cmd(run_dir, base, *ENGINE), env,
                    os.path.join(run_dir, "checkpoints", "4"),
                    "its step-4 checkpoint")
   killed_at = len(_train_metrics(run_dir))
   assert killed_at < 8  # It really died before the end.
-  subprocess.run(_cmd(run_dir, base), check=True, env=env, cwd=ROOT,
+  subprocess.run(_cmd(run_dir, base, *ENGINE), check=True, env=env, cwd=ROOT,
                  capture_output=True, timeout=600)
   ref, resumed = _train_metrics(ref_dir), _train_metrics(run_dir)
   assert sorted(resumed) == list(range(8))
