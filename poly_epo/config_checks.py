@@ -52,9 +52,11 @@ def check_config(cfg) -> None:
        f"{r.attention!r}: one of {IMPLEMENTATIONS}")
   need(r.slots >= 0, "rollout.slots", "must be >= 0")
   need(r.refill >= 1, "rollout.refill", "must be >= 1")
-  need(r.slots == 0 or r.slots >= cfg.num_samples * r.refill,
-       "rollout.slots", f"{r.slots} slots cannot hold one refill of "
-       f"rollout.refill x num_samples = {r.refill} x {cfg.num_samples} rows")
+  shards = max(jax.device_count() // max(cfg.mesh.tensor, 1), 1)
+  need(r.slots == 0 or r.slots // shards >= cfg.num_samples * r.refill,
+       "rollout.slots", f"{r.slots} slots over {shards} batch shards cannot "
+       f"hold one refill of rollout.refill x num_samples = {r.refill} x "
+       f"{cfg.num_samples} rows per device")
   need(1 <= cfg.set_size <= cfg.num_samples, "set_size",
        f"{cfg.set_size} must be between 1 and num_samples={cfg.num_samples}")
   need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")
