@@ -437,3 +437,24 @@ def _replicated(x):
     return x
   return jax.jit(lambda y: y, out_shardings=jax.sharding.NamedSharding(
       x.sharding.mesh, P()))(x)
+
+
+# --- Single programs, for the planner's cost model (poly_epo/plan.py) ----
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "mesh",
+                                             "count"))
+def insert_program(graphdef, params, st: State, c: Consts, *, spec: Spec,
+                   mesh, count: int) -> State:
+  """One prefill of `count` prompts per device, inserted into its slots."""
+  fn = lambda p, s, cc: insert(nnx.merge(graphdef, p), s, cc, spec, count)
+  return _per_device(fn, mesh, 2)(params, st, c)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "spec", "mesh",
+                                             "window"),
+                   donate_argnames=("st",))
+def step_program(graphdef, params, st: State, *, spec: Spec, mesh,
+                 window: int) -> State:
+  """One decode step of every device's slots reading a static `window`."""
+  fn = lambda p, s: decode_step(nnx.merge(graphdef, p), s, spec, window)
+  return _per_device(fn, mesh, 1)(params, st)

@@ -48,7 +48,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from poly_epo import tpu_topology
+from poly_epo import plan_rollout, tpu_topology
 from poly_epo.autoscale import HEADROOM, divisors
 
 # Usable memory per chip in bytes (what a JAX process can allocate; the
@@ -101,51 +101,6 @@ def _abstract(tree, shardings):
 def _temp(compiled) -> int:
   ma = compiled.memory_analysis()
   return int(getattr(ma, "temp_size_in_bytes", 0) or 0)
-
-
-def rollout_memory(mcfg, mesh, rows_prompts: int, cfg) -> dict:
-  """KV cache and compiled temporaries of one rollout chunk."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from poly_epo import sampling, sharding
-  from poly_epo.models import init_cache
-  from poly_epo.models.transformer import Transformer
-  n = cfg.num_samples
-  p, length = cfg.max_prompt_tokens, cfg.max_new_tokens
-  model = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(model)
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-      x.shape, jnp.dtype(mcfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
-      else x.dtype), state)
-  state = _abstract(state, sharding.tree_shardings(state, mesh))
-  batch = lambda shape, dt: jax.ShapeDtypeStruct(
-      shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
-  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0),
-                                                 rows_prompts))
-  keys = jax.ShapeDtypeStruct(keys.shape, keys.dtype,
-                              sharding=sharding.batch_sharding(mesh, 1))
-  pre = sampling._prefill.lower(
-      graphdef, state, batch((rows_prompts, p), jnp.int32),
-      batch((rows_prompts, p), jnp.bool_), keys, num_samples=n,
-      max_new_tokens=length, mesh=mesh).compile()
-  out = jax.eval_shape(lambda *a: sampling._prefill(
-      graphdef, *a, num_samples=n, max_new_tokens=length, mesh=mesh), state,
-      batch((rows_prompts, p), jnp.int32), batch((rows_prompts, p),
-                                                 jnp.bool_), keys)
-  cache_abs = jax.eval_shape(lambda: init_cache(mcfg, rows_prompts * n,
-                                                p + length))
-  cache_sh = sharding.cache_shardings(mesh, cache_abs)
-  rows = lambda x: jax.ShapeDtypeStruct(
-      x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.ndim))
-  dec = sampling._decode.lower(
-      graphdef, state, _abstract(cache_abs, cache_sh), rows(out[1]),
-      rows(out[2]), rows(out[3]), max_new_tokens=length,
-      temperature=float(cfg.temperature), top_k=int(cfg.top_k),
-      top_p=float(cfg.top_p), eos_id=0, pad_id=0).compile()
-  return {"kv_cache": _tree_bytes(cache_abs, cache_sh),
-          "rollout_temp": max(_temp(pre), _temp(dec))}, {"prefill_chunk": pre,
-                                                         "decode_step": dec}
 
 
 def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
@@ -208,7 +163,8 @@ def _cost(compiled, chip: str) -> dict:
           "roofline_seconds": roofline, "estimated_seconds": est}
 
 
-def plan(cfg, chip: str = "h100", devices=None) -> dict:
+def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
+         ) -> dict:
   """The memory (and time) plan of `cfg` on `devices` (default: the current
   ones; abstract TPU devices when the TPU compiler is used)."""
   import jax
@@ -232,8 +188,10 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
   micro = cfg.num_microbatches
   per_dev, programs = update_memory(mcfg, mesh, cfg, micro)
   num_params = per_dev.pop("num_params")
-  mem, more = rollout_memory(mcfg, mesh, chunk, cfg)
+  mem, more, specs = plan_rollout.compile_programs(mcfg, mesh, cfg, chunk,
+                                                   _abstract)
   per_dev.update(mem)
+  per_dev["rollout_temp"] = max(_temp(c) for c in more.values())
   programs.update(more)
   per_dev["judge_params"] = judge_bytes(cfg, devices)
   fixed = per_dev["params"] + per_dev["optimizer"] + per_dev["judge_params"]
@@ -260,9 +218,11 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
   fit_micros = [m for m in micros if update_peak(m) <= HEADROOM * cap]
   cost = {name: _cost(c, chip) for name, c in programs.items()}
   est = {k: v["estimated_seconds"] for k, v in cost.items()}
-  n_chunks = -(-b // chunk)
-  rollout_s = n_chunks * (est["prefill_chunk"] +
-                          cfg.max_new_tokens * est["decode_step"])
+  schedules = plan_rollout.estimate(cfg, cost, specs, lengths, b)
+  w_full = specs["windows"][0]
+  est["decode_step"] = est.pop(f"decode_step_w{w_full}")
+  cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
+  rollout_s = schedules[cfg.rollout.engine]["seconds"]
   update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
       "compiler": compiler,
@@ -293,6 +253,7 @@ def plan(cfg, chip: str = "h100", devices=None) -> dict:
       "max_chunk_prompts": max(fit_chunks) if fit_chunks else None,
       "min_num_microbatches": min(fit_micros) if fit_micros else None,
       "cost": cost,
+      "rollout_schedules": schedules,
       "estimated_seconds": {
           **est, "rollout": rollout_s, "update": update_s,
           "rl_step": rollout_s + update_s},
@@ -345,6 +306,12 @@ def format_plan(p: dict) -> str:
       f"{e['prefill_chunk'] * 1e3:.1f} ms, update micro-batch "
       f"{e['update_microbatch'] * 1e3:.1f} ms; rollout {e['rollout']:.0f} s "
       f"+ update {e['update']:.0f} s = RL step {e['rl_step']:.0f} s",
+      f"rollout by schedule ({p['rollout_schedules']['lengths']} response "
+      "lengths): " + "; ".join(
+          f"{name} {r['seconds']:.0f} s, {r['decode_steps']} steps, "
+          f"{r['bytes_per_token'] / 1e6:.1f} MB read per token"
+          for name, r in p["rollout_schedules"].items()
+          if isinstance(r, dict)),
       f"compiler: {p['compiler_note']}"]
   return "\n".join(lines)
 
@@ -360,6 +327,10 @@ flags.DEFINE_string("topology", "", "TPU topology, e.g. 2x2x2 (default: the "
 flags.DEFINE_enum("compiler", "auto", ["auto", "tpu", "xla-cpu"],
                   "auto: the TPU compiler for TPU chips when libtpu is "
                   "installed, else XLA:CPU on forced host devices")
+flags.DEFINE_enum("lengths", "max", list(plan_rollout.SPREADS),
+                  "response lengths the rollout estimate assumes: max (all "
+                  "at max_new_tokens), uniform on [L/20, L], capped (30% at "
+                  "L, the rest uniform below)")
 flags.DEFINE_bool("json", False, "print one JSON object")
 
 
@@ -387,7 +358,7 @@ def main(argv):
                                + MEMORY_SCHEDULER_FLAG)
   try:
     devices = tpu_topology.devices(chip, n, f.topology) if tpu else None
-    p = plan(cfg, chip, devices)
+    p = plan(cfg, chip, devices, f.lengths)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
