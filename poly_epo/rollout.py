@@ -1,20 +1,22 @@
 """Rollouts of any size in bounded memory, on one device, a mesh or a pod.
 
 `rollout(...)` samples N completions for this process's share of a batch of
-prompts, `chunk_prompts` prompts (across all processes) at a time, so the KV
-cache of one chunk, not of the whole batch, is what must fit. Prompt groups
-stay whole. Every prompt's randomness is `fold_in(rng, prompt_id)` with its
-*global* id, so chunking, the process count and padding change no sample
-(tests/test_rollout.py).
+prompts with the rollout engine (`poly_epo/engine.py`, docs/ROLLOUT.md):
+`engine="static"` decodes `chunk_prompts` prompts (across all processes) at
+a time in lock-step, so the KV cache of one chunk, not of the whole batch,
+is what must fit; `engine="continuous"` keeps `slots` decode slots busy
+with the whole batch's queue. Prompt groups stay whole. Every prompt's
+randomness is `fold_in(rng, prompt_id)` with its *global* id, so the
+schedule, chunking, the process count and padding change no sample
+(tests/test_rollout.py, tests/test_engine.py).
 
 The sampler runs in the compute dtype: the f32 master weights are cast once
-per rollout (`cast_params`), not once per decode step, and the KV cache is
-created in that dtype.
+per rollout (`cast_params`), not once per decode step, laid out for decoding
+(`decode_params`), and the KV cache is created in that dtype.
 
-Multi-host: every process passes its own contiguous block of the batch; each
-chunk is a global array assembled with `jax.make_array_from_process_local_data`
-(`sharding.global_batch`), decoded by one SPMD program over the whole mesh,
-and each process takes back its own rows (`sharding.local_rows`).
+Multi-host: every process passes its own contiguous block of the batch; it
+becomes a global array (`sharding.global_batch`), each device decodes its
+own block of it, and each process takes back its own rows.
 """
 
 from __future__ import annotations
