@@ -6,6 +6,8 @@
 One jitted update (`poly_epo.update`, f32 master weights, compute in
 `--dtype`, AdamW) over a random rollout batch of `seqs` sequences, on every
 device in one data-parallel mesh, timed over `--repeats` calls (medians).
+Tokens/s and model FLOP/s count real tokens only (`--lengths uniform`
+makes prompts and responses ragged; `--packing` packs them).
 Model FLOPs per token: 6 x params + 12 x layers x heads x head_dim x T
 (attention; the remat recomputation is not counted, as MFU conventions go).
 MFU = achieved model FLOP/s / (devices x bf16 peak); the peak is the measured
@@ -22,7 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from poly_epo import sharding, update
+from poly_epo import packing, sharding, update
 from poly_epo.bench.device import card, card_figures, peak_memory_bytes
 from poly_epo.models import init_model, preset
 
@@ -41,9 +43,32 @@ def _parse(argv):
   ap.add_argument("--new-tokens", type=int, default=64)
   ap.add_argument("--micro", type=int, default=1, help="micro-batches")
   ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--lengths", default="full", choices=["full", "uniform"],
+                  help="responses all at --new-tokens, or uniform on "
+                  "[L/20, L] (prompts then uniform on [P/4, P])")
+  ap.add_argument("--packing", action="store_true",
+                  help="the update on packed sequences (config.packing)")
   ap.add_argument("--peak-tflops", type=float, default=0.0,
                   help="bf16 peak per device (default: the card's measured)")
   return ap.parse_args(argv)
+
+
+def _batch(args, vocab: int) -> update.RolloutBatch:
+  """Random sequences: left-padded prompts, then responses (NumPy)."""
+  rs = np.random.RandomState(0)
+  p, length, s = args.prompt_len, args.new_tokens, args.seqs
+  tokens = rs.randint(1, vocab, (s, p + length)).astype(np.int32)
+  if args.lengths == "full":
+    plen, rlen = np.full(s, p), np.full(s, length)
+  else:
+    plen = rs.randint(max(1, p // 4), p + 1, s)
+    rlen = rs.randint(max(1, length // 20), length + 1, s)
+  attn = np.concatenate([np.arange(p)[None] >= (p - plen)[:, None],
+                         np.arange(length)[None] < rlen[:, None]], 1)
+  return update.RolloutBatch(
+      np.where(attn, tokens, 0), attn, attn[:, p:],
+      np.where(attn[:, p:], -2.0, 0.0).astype(np.float32),
+      rs.randn(s).astype(np.float32))
 
 
 def model_flops_per_token(cfg, seq_len: int) -> float:
@@ -66,13 +91,12 @@ def main(argv=None):
   p, length, s = args.prompt_len, args.new_tokens, args.seqs
   fn = update.make_update_fn(graphdef, tx, mesh, params_sh, opt_sh,
                              prompt_len=p, num_microbatches=args.micro,
-                             logprob_chunk=args.logprob_chunk)
-  rs = np.random.RandomState(0)
-  batch = update.RolloutBatch(
-      rs.randint(0, cfg.vocab_size, (s, p + length)).astype(np.int32),
-      np.ones((s, p + length), bool), np.ones((s, length), bool),
-      np.full((s, length), -2.0, np.float32),
-      rs.randn(s).astype(np.float32))
+                             logprob_chunk=args.logprob_chunk,
+                             packing=args.packing)
+  batch = _batch(args, cfg.vocab_size)
+  real = int(batch.attn_ST.sum())
+  if args.packing:
+    batch = packing.packed_batch(batch, 1, args.micro, mesh)
   batch = sharding.host_local_to_global(mesh, batch)
   t0 = time.perf_counter()
   params, opt_state, m = fn(params, opt_state, batch)
@@ -85,15 +109,17 @@ def main(argv=None):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   t = statistics.median(times)
-  tokens = s * (p + length)
+  tokens = real  # Real tokens only: padding is not throughput.
   flops = model_flops_per_token(cfg, p + length) * tokens
   peak = (args.peak_tflops * 1e12) or card_figures().get("bf16_flops")
   n_dev = jax.device_count()
   print(f"device={card()} x{n_dev} preset={args.preset} "
         f"params={cfg.num_params / 1e6:.1f}M dtype={args.dtype} "
         f"remat={args.remat} attention={args.attention} S={s} T={p + length} "
-        f"micro={args.micro} repeats={args.repeats} (medians)")
-  line = (f"train step: {t * 1e3:.1f} ms, {tokens / t:,.0f} tok/s, "
+        f"micro={args.micro} lengths={args.lengths} packing={args.packing} "
+        f"repeats={args.repeats} (medians)")
+  line = (f"train step: {t * 1e3:.1f} ms, {tokens / t:,.0f} real tok/s "
+          f"({tokens:,} real of {s * (p + length):,} padded tokens), "
           f"{flops / t / 1e12:.1f} model TFLOP/s, compile {compile_s:.1f} s")
   if peak:
     line += f", MFU {flops / t / (peak * n_dev):.1%} of {peak / 1e12:.0f} " \
