@@ -442,7 +442,8 @@ def _replicated(x):
 # --- Single programs, for the planner's cost model (poly_epo/plan.py) ----
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "spec", "mesh",
-                                             "count"))
+                                             "count"),
+                   donate_argnames=("st",))
 def insert_program(graphdef, params, st: State, c: Consts, *, spec: Spec,
                    mesh, count: int) -> State:
   """One prefill of `count` prompts per device, inserted into its slots."""
