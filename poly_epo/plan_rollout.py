@@ -18,7 +18,10 @@ each device with its own block of prompts, exactly as the engine decides:
 - `static`: the same with the window attention (the filled blocks, rounded
   up to a power of two of blocks);
 - `continuous`: the engine's slots refilled from the device's queue, each
-  step reading the window of its longest busy row, a prefill per refill.
+  step reading the window of its longest busy row, a prefill per refill;
+- `continuous_ragged_kernel`: the same schedule if each busy row read only
+  its own fill (what a ragged / paged decode kernel does; not built yet, see
+  docs/ROLLOUT.md): the step cost at the busy rows' mean fill.
 
 Prompts are taken at their full width `max_prompt_tokens` (no gain counted
 from shorter prompts). Reported per schedule: seconds, decode steps, bytes
@@ -140,22 +143,22 @@ def _device_schedules(lens_bk, p, specs, step_s, step_b, costs, attention):
   queue = list(range(len(lens_bk)))
   left = np.zeros(slots, int)  # Tokens still to decode per slot (0 free).
   age = np.zeros(slots, int)
-  sec = nbytes = steps = 0.0
   pre = costs["prefill_refill"]
+  acc = dict(pre_s=0.0, pre_b=0.0, sec=0.0, nbytes=0.0, own_s=0.0,
+             own_b=0.0, steps=0)
 
   def insert(n_prompts):
-    nonlocal sec, nbytes
+    n_prompts = min(n_prompts, len(queue))
     for _ in range(n_prompts):
-      if not queue:
-        return
       b = queue.pop(0)
       free = np.flatnonzero(left == 0)[:k]
       left[free] = lens_bk[b] - 1
       age[free] = 1
-    sec += pre["estimated_seconds"] * -(-n_prompts // refill)
-    nbytes += pre["bytes_accessed"] * -(-n_prompts // refill)
+    calls = -(-n_prompts // refill)
+    acc["pre_s"] += pre["estimated_seconds"] * calls
+    acc["pre_b"] += pre["bytes_accessed"] * calls
 
-  insert(min(len(queue), slots // k))
+  insert(slots // k)
   while queue or left.any():
     if queue and (left == 0).sum() >= k * refill:
       insert(refill)
@@ -163,12 +166,20 @@ def _device_schedules(lens_bk, p, specs, step_s, step_b, costs, attention):
     if not busy.any():
       continue
     w = win(np.array([p + age[busy].max()]))
-    sec += float(step_s(w)[0])
-    nbytes += float(step_b(w)[0])
-    steps += 1
+    # A ragged kernel: each busy row reads its own fill, free slots none.
+    own = np.array([(p + age[busy]).sum() / slots])
+    acc["sec"] += float(step_s(w)[0])
+    acc["nbytes"] += float(step_b(w)[0])
+    acc["own_s"] += float(step_s(own)[0])
+    acc["own_b"] += float(step_b(own)[0])
+    acc["steps"] += 1
     left[busy] -= 1
     age[busy] += 1
-  out["continuous"] = (sec, steps, nbytes)
+  out["continuous"] = (acc["pre_s"] + acc["sec"], acc["steps"],
+                       acc["pre_b"] + acc["nbytes"])
+  out["continuous_ragged_kernel"] = (acc["pre_s"] + acc["own_s"],
+                                     acc["steps"],
+                                     acc["pre_b"] + acc["own_b"])
   return out
 
 
