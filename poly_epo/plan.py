@@ -218,7 +218,9 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   fit_micros = [m for m in micros if update_peak(m) <= HEADROOM * cap]
   cost = {name: _cost(c, chip) for name, c in programs.items()}
   est = {k: v["estimated_seconds"] for k, v in cost.items()}
-  schedules = plan_rollout.estimate(cfg, cost, specs, lengths, b)
+  every = {spread: plan_rollout.estimate(cfg, cost, specs, spread, b)
+           for spread in plan_rollout.SPREADS}
+  schedules = every[lengths]
   w_full = specs["windows"][0]
   est["decode_step"] = est.pop(f"decode_step_w{w_full}")
   cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
@@ -254,6 +256,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
       "min_num_microbatches": min(fit_micros) if fit_micros else None,
       "cost": cost,
       "rollout_schedules": schedules,
+      "rollout_schedules_by_lengths": every,
       "estimated_seconds": {
           **est, "rollout": rollout_s, "update": update_s,
           "rl_step": rollout_s + update_s},
@@ -307,7 +310,7 @@ def format_plan(p: dict) -> str:
       f"{e['update_microbatch'] * 1e3:.1f} ms; rollout {e['rollout']:.0f} s "
       f"+ update {e['update']:.0f} s = RL step {e['rl_step']:.0f} s",
       f"rollout by schedule ({p['rollout_schedules']['lengths']} response "
-      "lengths): " + "; ".join(
+      "lengths; --json has every spread): " + "; ".join(
           f"{name} {r['seconds']:.0f} s, {r['decode_steps']} steps, "
           f"{r['bytes_per_token'] / 1e6:.1f} MB read per token"
           for name, r in p["rollout_schedules"].items()
