@@ -68,7 +68,8 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract):
   params = abstract(state, sharding.decode_shardings(state, mesh))
   common = dict(prompt_width=p, num_samples=k, max_new_tokens=length,
                 attention=cfg.rollout.attention, eos_id=0,
-                block=engine.default_block("tpu"))  # The accelerator's.
+                block=engine.default_block("tpu"),  # The accelerator's
+                keys_ch=engine.default_keys_ch("tpu"))  # choices.
   static = engine.plan_spec(batch_dev=chunk_dev, **common)
   cont = engine.plan_spec(batch_dev=chunk_dev + cfg.rollout.refill,
                           engine="continuous", slots_dev=chunk_dev * k,

@@ -30,12 +30,15 @@ def _reference(q, k, v, lengths):
   return out
 
 
+@pytest.mark.parametrize("keys_ch", [False, True])
 @pytest.mark.parametrize("impl,block", [("window", 16), ("window", 8),
                                         ("ragged", 16), ("full", 16)])
-def test_equals_softmax_over_the_filled_slots(impl, block):
+def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch):
   q, k, v, lengths = _inputs()
-  got = attend_filled(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                      jnp.asarray(lengths), impl=impl, block=block)
+  k_in = np.swapaxes(k, 2, 3) if keys_ch else k  # [N, K, C, H] layout.
+  got = attend_filled(jnp.asarray(q), jnp.asarray(k_in), jnp.asarray(v),
+                      jnp.asarray(lengths), impl=impl, block=block,
+                      keys_ch=keys_ch)
   np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, lengths),
                              atol=1e-5, rtol=1e-5)
 

@@ -87,6 +87,15 @@ def test_continuous_on_a_mesh_equals_one_device(policy, static, shape):
   _same(got, static)
 
 
+def test_keys_stored_like_values_decode_the_same(policy, static):
+  """The accelerators' key layout ([S, K, C, H]) on CPU: static and
+  continuous agree exactly, and with the CPU layout's tokens."""
+  a = _run(policy, keys_ch=True)
+  b = _run(policy, engine="continuous", slots=6, keys_ch=True)
+  _same(b, a)
+  np.testing.assert_array_equal(a.tokens, static.tokens)
+
+
 def test_attention_variants_give_the_same_tokens(policy, static):
   for impl in ("ragged", "full"):
     got = _run(policy, attention=impl)

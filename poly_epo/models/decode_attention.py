@@ -36,14 +36,18 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("window", "full", "ragged")
 
 
-def _dense(q, k_cache, v_cache, length_N, width: int):
+def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
   """Softmax attention over slots [0, width) of every row (float32 softmax),
   slots at or past a row's length masked (their values too: stale slots
-  may hold anything)."""
+  may hold anything). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C]."""
   h = q.shape[-1]
-  kb, vb = k_cache[..., :width], v_cache[:, :, :width]
+  vb = v_cache[:, :, :width]
   valid = jnp.arange(width)[None] < length_N[:, None]  # [N, W]
-  s = jnp.einsum("nkgh,nkhw->nkgw", q, kb.astype(q.dtype))
+  if keys_ch:
+    s = jnp.einsum("nkgh,nkwh->nkgw", q,
+                   k_cache[:, :, :width].astype(q.dtype))
+  else:
+    s = jnp.einsum("nkgh,nkhw->nkgw", q, k_cache[..., :width].astype(q.dtype))
   s = jnp.where(valid[:, None, None], s.astype(jnp.float32) * (h**-0.5),
                 -jnp.inf)
   m = jnp.max(s, -1, keepdims=True)
@@ -56,6 +60,10 @@ def _dense(q, k_cache, v_cache, length_N, width: int):
           ).astype(q.dtype)
 
 
+def cache_len(v_NKCH) -> int:
+  return v_NKCH.shape[2]
+
+
 def buckets(cache_len: int, block: int) -> tuple:
   """Block counts the window takes: powers of two up to the whole cache."""
   total = cache_len // block
@@ -66,38 +74,43 @@ def buckets(cache_len: int, block: int) -> tuple:
   return tuple(out) + (total,)
 
 
-def _window(q, k_cache, v_cache, length_N, block: int, window):
-  c = k_cache.shape[-1]
+def _window(q, k_cache, v_cache, length_N, block: int, window, keys_ch):
+  c = cache_len(v_cache)
   if window is not None:  # A static window (the planner's cost model).
     return _dense(q, k_cache, v_cache, length_N,
-                  -(-min(int(window), c) // block) * block)
+                  -(-min(int(window), c) // block) * block, keys_ch)
   sizes = buckets(c, block)
   need = (jnp.max(length_N) + block - 1) // block
   index = jnp.sum(jnp.asarray(sizes[:-1]) < need)
   return jax.lax.switch(index, [
-      lambda q, k, v, n, nb=nb: _dense(q, k, v, n, nb * block)
+      lambda q, k, v, n, nb=nb: _dense(q, k, v, n, nb * block, keys_ch)
       for nb in sizes], q, k_cache, v_cache, length_N)
 
 
-def _ragged(q, k_cache, v_cache, length_N, block: int):
+def _ragged(q, k_cache, v_cache, length_N, block: int, keys_ch: bool):
   def one(args):
     q1, k1, v1, n1 = args
-    out = _window(q1[None], k1[None], v1[None], n1[None], block, None)
+    out = _window(q1[None], k1[None], v1[None], n1[None], block, None,
+                  keys_ch)
     return out[0]
   return jax.lax.map(one, (q, k_cache, v_cache, length_N))
 
 
-def _full(q, k_cache, v_cache, length_N):
-  return _dense(q, k_cache, v_cache, length_N, k_cache.shape[-1])
+def _full(q, k_cache, v_cache, length_N, keys_ch):
+  return _dense(q, k_cache, v_cache, length_N, cache_len(v_cache), keys_ch)
 
 
 def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
-                  block: int = 128, window: int | None = None):
+                  block: int = 128, window: int | None = None,
+                  keys_ch: bool = False):
   """Softmax attention of q over slots [0, length_N) of each row.
 
   Args:
     q_NKGH: the new token's queries, grouped by kv head.
-    k_NKHC: keys, transposed ([N, K, H, C]); v_NKCH: values.
+    k_NKHC: keys, transposed ([N, K, H, C]), or [N, K, C, H] like the
+      values when `keys_ch` (the engine's choice on accelerators: there a
+      per-row key write is an in-place scatter; transposed keys make XLA
+      TPU copy the whole cache); v_NKCH: values.
     length_N: int32 [N] filled slots per row (the new token included).
     impl: "window" | "full" | "ragged" (see the module docstring).
     block: slots per block; C must be a multiple of it ("window", "ragged").
@@ -111,10 +124,10 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
     raise ValueError(f"rollout.attention={impl!r} must be one of "
                      f"{IMPLEMENTATIONS}")
   if impl == "full":
-    return _full(q_NKGH, k_NKHC, v_NKCH, length_N)
-  if k_NKHC.shape[-1] % block:
-    raise ValueError(f"decode attention: cache length {k_NKHC.shape[-1]} is "
-                     f"not a multiple of the block ({block})")
+    return _full(q_NKGH, k_NKHC, v_NKCH, length_N, keys_ch)
+  if cache_len(v_NKCH) % block:
+    raise ValueError(f"decode attention: cache length {cache_len(v_NKCH)} "
+                     f"is not a multiple of the block ({block})")
   if impl == "ragged":
-    return _ragged(q_NKGH, k_NKHC, v_NKCH, length_N, block)
-  return _window(q_NKGH, k_NKHC, v_NKCH, length_N, block, window)
+    return _ragged(q_NKGH, k_NKHC, v_NKCH, length_N, block, keys_ch)
+  return _window(q_NKGH, k_NKHC, v_NKCH, length_N, block, window, keys_ch)

@@ -248,7 +248,7 @@ class Attention(nnx.Module):
     return out
 
   def decode(self, x_N1D, cos_N1H, sin_N1H, k_NKHC, v_NKCH, slot_N, *,
-             impl: str, block: int, window=None):
+             impl: str, block: int, window=None, keys_ch: bool = False):
     """One new token per row, written at its own slot `slot_N`; attends to
     slots [0, slot_N]. Returns (out [N, 1, D], k_NKHC, v_NKCH)."""
     cfg = self.cfg
@@ -256,11 +256,16 @@ class Attention(nnx.Module):
     kh, h = cfg.num_kv_heads, cfg.head_dim
     q, k, v = self._qkv(x_N1D, cos_N1H, sin_N1H)
     rows = jnp.arange(n_rows)
-    k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(k[:, 0].astype(k_NKHC.dtype))
+    if keys_ch:  # Keys stored like values, [N, K, C, H].
+      k_NKHC = k_NKHC.at[rows, :, slot_N, :].set(
+          k[:, 0].astype(k_NKHC.dtype))
+    else:
+      k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(
+          k[:, 0].astype(k_NKHC.dtype))
     v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v[:, 0].astype(v_NKCH.dtype))
     q = q[:, 0].reshape(n_rows, kh, -1, h)
     out = attend_filled(q, k_NKHC, v_NKCH, slot_N + 1, impl=impl,
-                        block=block, window=window)
+                        block=block, window=window, keys_ch=keys_ch)
     return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
 
 
@@ -406,15 +411,17 @@ class Transformer(nnx.Module):
     return logits, KVCache(tuple(new_k), tuple(new_v), new_mask)
 
   def decode(self, token_N, k_caches, v_caches, slot_N, rope_table, *,
-             impl: str = "window", block: int = 128, window=None):
+             impl: str = "window", block: int = 128, window=None,
+             keys_ch: bool = False):
     """One decode step of the rollout engine (rows packed from slot 0).
 
     Args:
       token_N: int32 [N] each row's newest token; it is written at slot
         `slot_N` (= its position) of that row and attends to [0, slot_N].
-      k_caches / v_caches: per-layer [N, K, H, C] / [N, K, C, H].
+      k_caches / v_caches: per-layer [N, K, H, C] ([N, K, C, H] with
+        `keys_ch`) / [N, K, C, H].
       rope_table: `rope_table(cfg, C)`.
-      impl, block, window: `decode_attention.attend_filled`.
+      impl, block, window, keys_ch: `decode_attention.attend_filled`.
 
     Returns:
       (logits [N, V] float32, k_caches, v_caches).
@@ -427,7 +434,7 @@ class Transformer(nnx.Module):
     for i, layer in enumerate(self.layers):
       h, k, v = layer.attn.decode(layer.input_norm(x), cos, sin, k_caches[i],
                                   v_caches[i], slot_N, impl=impl, block=block,
-                                  window=window)
+                                  window=window, keys_ch=keys_ch)
       x = x + h
       x = x + layer.mlp(layer.post_attn_norm(x))
       new_k.append(k)
