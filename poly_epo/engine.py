@@ -205,7 +205,8 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
                                        mode="drop") if spec.keys_ch else
               a.at[dest, :, :, :p].set(rep(b), mode="drop")
               for a, b in zip(st.k, cache.k)),
-      v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
+      v=tuple(a.at[dest, :, :p, :].set(rep(jnp.nan_to_num(
+          b, posinf=0.0, neginf=0.0)), mode="drop")  # Finite: see decode.
               for a, b in zip(st.v, cache.v)),
       row_S=put(st.row_S, jnp.where(done, -1, row_N)),
       t_S=put(st.t_S, t0 + 1), token_S=put(st.token_S, token),

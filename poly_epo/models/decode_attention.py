@@ -38,8 +38,8 @@ IMPLEMENTATIONS = ("window", "full", "ragged")
 
 def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
   """Softmax attention over slots [0, width) of every row (float32 softmax),
-  slots at or past a row's length masked (their values too: stale slots
-  may hold anything). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C]."""
+  slots at or past a row's length masked (stale keys may hold anything,
+  stale values anything finite). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C]."""
   h = q.shape[-1]
   vb = v_cache[:, :, :width]
   valid = jnp.arange(width)[None] < length_N[:, None]  # [N, W]
@@ -53,7 +53,8 @@ def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
   m = jnp.max(s, -1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.where(valid[:, None, None], jnp.exp(s - m), 0.0)
-  vb = jnp.where(valid[:, None, :, None], vb, 0)
+  # Masked slots weigh exactly 0, so their values need only be finite (the
+  # model writes finite values: `Attention.decode`, `engine.insert`).
   o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(q.dtype), vb.astype(q.dtype))
   l = jnp.sum(p, -1)
   return (o.astype(jnp.float32) / jnp.maximum(l, 1e-30)[..., None]

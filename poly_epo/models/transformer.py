@@ -262,7 +262,9 @@ class Attention(nnx.Module):
     else:
       k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(
           k[:, 0].astype(k_NKHC.dtype))
-    v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v[:, 0].astype(v_NKCH.dtype))
+    # Finite values only: attention weighs stale slots 0, not 0 x NaN.
+    v_new = jnp.nan_to_num(v[:, 0], posinf=0.0, neginf=0.0)
+    v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v_new.astype(v_NKCH.dtype))
     q = q[:, 0].reshape(n_rows, kh, -1, h)
     out = attend_filled(q, k_NKHC, v_NKCH, slot_N + 1, impl=impl,
                         block=block, window=window, keys_ch=keys_ch)
