@@ -12,9 +12,10 @@ Otherwise (GPU chips, or no libtpu) they are compiled for a forced-device
 CPU mesh of the config's shape (`"compiler": "xla-cpu"`):
 
 - `params` (f32 master weights), `optimizer` (AdamW state), `gradients`,
-  `sampler_params` (the compute-dtype copy the rollout uses) and `kv_cache`
-  (one rollout chunk) are exact: shard shapes x dtype sizes;
-- `rollout_temp` (prefill + decode loop of one chunk) and `update_temp` (the
+  `sampler_params` (the compute-dtype copy the rollout uses, laid out for
+  decoding: replicated over data/fsdp) and `kv_cache` (the decode slots of
+  one chunk) are exact: shard shapes x dtype sizes;
+- `rollout_temp` (a prefill, a decode step) and `update_temp` (the
   whole jitted update: activations of one micro-batch, gradient accumulators,
   log-prob chunks) come from XLA's `compiled.memory_analysis()`. XLA:CPU
   fuses differently from XLA:GPU/TPU (and has no flash attention), so read
@@ -26,11 +27,13 @@ update_temp; it FITS when the peak is under 90% of the chip's memory. The
 planner also reports the largest `rollout.chunk_prompts` and the smallest
 `num_microbatches` that fit, scaling the per-row parts linearly.
 
-Time: `estimated_seconds` of one decode step, one prefill chunk and one
-update micro-batch from the compiler's cost model (`cost_analysis()`: the
-TPU compiler's `optimal_seconds`; else the chip's roofline of flops and
-bytes accessed), and from them the rollout (chunks x (prefill + max_new_tokens
-decode steps): every row decodes to the cap), the update (minibatches x
+Time: `estimated_seconds` of one decode step (every slot of a device,
+reading the whole cache), one prefill chunk and one update micro-batch from
+the compiler's cost model (`cost_analysis()`: the TPU compiler's
+`optimal_seconds`; else the chip's roofline of flops and bytes accessed);
+the rollout replayed per schedule of the rollout engine for a spread of
+response lengths (`--lengths`, `poly_epo/plan_rollout.py`; `rollout` is
+the configured `rollout.engine`'s), the update (minibatches x
 micro-batches) and one RL step. Fields set to 0 = derive (`mesh.fsdp`,
 `num_microbatches`, `rollout.chunk_prompts`) are filled for the devices and
 memory (`poly_epo.autoscale`) and reported under `derived`.
