@@ -200,18 +200,6 @@ def constrain_rows(x):
                                                         (x.ndim - 1))))
 
 
-def cache_shardings(mesh, cache):
-  """A KVCache's layout: rows over (data, fsdp), KV heads over tensor.
-
-  k [N, K, H, C], v [N, K, C, H], mask [N, C]; an axis that does not divide
-  its dimension is dropped (replicated), as for parameters.
-  """
-  def one(x):
-    rule = (BATCH, "tensor", None, None) if x.ndim == 4 else (BATCH, None)
-    return NamedSharding(mesh, _fit(rule, x.shape, mesh))
-  return jax.tree.map(one, cache)
-
-
 def batch_shards(mesh) -> int:
   """How many pieces the batch dimension is split into."""
   return int(np.prod([mesh.shape[a] for a in BATCH]))

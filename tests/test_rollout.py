@@ -66,16 +66,6 @@ def test_rollout_on_a_mesh_equals_one_device(policy):
   np.testing.assert_allclose(got.logprobs, full.logprobs, atol=1e-5)
 
 
-def test_kv_cache_layout_follows_the_mesh():
-  mesh = sharding.make_mesh(2, 2, 2)
-  cache = jax.eval_shape(lambda: __import__(
-      "poly_epo.models", fromlist=["init_cache"]).init_cache(
-          preset("tiny"), 8, 16))
-  sh = sharding.cache_shardings(mesh, cache)
-  assert sh.k[0].spec == jax.P(("data", "fsdp"), "tensor", None, None)
-  assert sh.mask_BS.spec == jax.P(("data", "fsdp"), None)
-
-
 def test_compute_dtype_cast_once_keeps_shardings(policy):
   _, params, _ = policy
   mesh = sharding.make_mesh(2, 2, 2)

@@ -132,3 +132,16 @@ def test_relayout_jit_is_built_once():
   mesh = sharding.make_mesh(2, 2, 2)
   a = sharding._relayout(sharding.batch_sharding(mesh, 2))
   assert sharding._relayout(sharding.batch_sharding(mesh, 2)) is a
+
+
+def test_decode_layout_drops_fsdp_and_keeps_tensor():
+  """The sampler's weights: whole on every batch shard, split over tensor
+  where the training layout splits them."""
+  mesh = sharding.make_mesh(2, 2, 2)
+  _, params = nnx.split(init_model(preset("tiny"), seed=0), nnx.Param)
+  train = jax.tree.leaves(sharding.tree_shardings(params, mesh))
+  dec = jax.tree.leaves(sharding.decode_shardings(params, mesh))
+  assert any("fsdp" in s.spec for s in train)
+  for t, d in zip(train, dec):
+    assert "fsdp" not in d.spec
+    assert [a if a != "fsdp" else None for a in t.spec] == list(d.spec)
