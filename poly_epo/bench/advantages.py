@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import statistics
 import time
 
 import jax
 import numpy as np
 
 from poly_epo import set_rl
+from poly_epo.bench.device import timed
 
 CONFIGS = ((8, 4), (16, 4), (16, 8))
 
@@ -61,15 +61,7 @@ def main(argv=None):
     def call():
       return jax.block_until_ready(
           set_rl.set_advantages(rewards, labels, set_size=n))
-    t0 = time.perf_counter()
-    got = call()
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(args.repeats):
-      t0 = time.perf_counter()
-      call()
-      times.append(time.perf_counter() - t0)
-    t_kernel = statistics.median(times)
+    first, t_kernel, got = timed(call, args.repeats)
     t0 = time.perf_counter()
     want = reference_loop(rewards, labels, n)
     t_ref = time.perf_counter() - t0

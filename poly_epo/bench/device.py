@@ -28,3 +28,19 @@ def card_figures() -> dict:
 def peak_memory_bytes() -> int | None:
   stats = jax.devices()[0].memory_stats() or {}
   return stats.get("peak_bytes_in_use")
+
+
+def timed(fn, repeats: int):
+  """(seconds of the first call (compile included), median seconds of
+  `repeats` more, the last call's result)."""
+  import statistics
+  import time
+  t0 = time.perf_counter()
+  out = fn()
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times), out

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import numpy as np
 from flax import nnx
 
 from poly_epo import rollout
+from poly_epo.bench.device import timed
 from poly_epo.models import init_model, preset
 
 EOS = 1
@@ -86,15 +85,7 @@ def _run(args, policy, tokens, mask, **kw):
         forced_lengths=args.lengths, stats=stats, **kw)
     return out
 
-  t0 = time.perf_counter()
-  out = once()
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    out = once()
-    times.append(time.perf_counter() - t0)
-  wall = statistics.median(times)
+  first, wall, out = timed(once, args.repeats)
   useful = int(out.lengths.sum())
   rows = out.lengths.size
   return out, {

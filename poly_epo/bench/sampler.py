@@ -14,7 +14,6 @@ workload on a model with the same weights, for comparison.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 
@@ -23,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from poly_epo import sampling
-from poly_epo.bench.device import card, card_figures, peak_memory_bytes
+from poly_epo.bench.device import (card, card_figures, peak_memory_bytes,
+                                   timed)
 from poly_epo.models import init_model, preset
 
 
@@ -43,12 +43,7 @@ def _parse(argv):
 
 
 def _time(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return timed(fn, repeats)[1]  # (Warm already: its first call is spare.)
 
 
 def run_jax(args):
