@@ -416,13 +416,12 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
   reported = plen == 0
   while True:
     last = not bool(more)
-    if on_done is not None:
+    if on_done is not None:  # Every process fetches, fresh or not (SPMD).
       fresh = (_local(mesh, st.finished_B) >= k) & ~reported
-      if fresh.any():
-        idx = np.flatnonzero(fresh)
-        tok = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)[idx]
-        lens = _rows(mesh, st.length_R, shards).reshape(b, k)[idx]
-        reported |= fresh
+      idx = np.flatnonzero(fresh)
+      tok = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)[idx]
+      lens = _rows(mesh, st.length_R, shards).reshape(b, k)[idx]
+      reported |= fresh
     else:
       fresh = np.zeros(b, bool)
     if last:
