@@ -62,7 +62,7 @@ def _same(got, want):
 
 
 @pytest.mark.parametrize("slots,refill,chunk", [
-    (3, 1, 0), (6, 2, 0), (7, 1, 4), (12, 1, 0), (30, 3, 0)])
+    (3, 1, 0), (7, 2, 4), (30, 3, 0)])
 def test_continuous_equals_static_on_one_device(policy, static, slots,
                                                 refill, chunk):
   stats = {}
@@ -79,7 +79,7 @@ def test_static_chunks_change_no_token(policy, static, chunk):
   _same(_run(policy, chunk_prompts=chunk), static)
 
 
-@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1), (4, 1, 2)])
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])
 def test_continuous_on_a_mesh_equals_one_device(policy, static, shape):
   mesh = sharding.make_mesh(*shape)
   got = _run(policy, mesh=mesh, engine="continuous",
