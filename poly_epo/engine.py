@@ -37,7 +37,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from poly_epo import sharding
+from poly_epo import distributed, sharding
 from poly_epo.models.transformer import init_cache, rope_table
 from poly_epo.sampling import sample_tokens
 
@@ -56,7 +56,7 @@ class Consts(NamedTuple):
 class State(NamedTuple):
   """Carry of the decode loop on one device (S slots, B prompts, k samples,
   R = B * k rows, L new tokens). Scalars are [1] arrays (one per device)."""
-  k: tuple  # per layer [S, K, H, C]
+  k: tuple  # per layer [S, K, H, C] ([S, K, C, H] with spec.keys_ch)
   v: tuple  # per layer [S, K, C, H]
   row_S: jax.Array  # int32 row decoded in the slot, -1 = free
   t_S: jax.Array  # int32 index of the next token to sample
@@ -145,7 +145,7 @@ def _sample(spec: Spec, logits_NV, key_data_N2, t_N):
                        top_k=spec.top_k, top_p=spec.top_p)
 
 
-def _write(st: State, spec: Spec, row_N, t_N, token_N, logp_N):
+def _write(st: State, row_N, t_N, token_N, logp_N):
   """Record tokens; rows < 0 write to the spare last row."""
   dump = st.tokens_RL.shape[0] - 1
   r = jnp.where(row_N >= 0, row_N, dump)
@@ -167,9 +167,11 @@ def _ends(spec: Spec, token_N, t_N):
   return eos | (t_N + 1 >= spec.max_new_tokens)
 
 
-def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
+def insert(model, st: State, c: Consts, spec: Spec, count: int,
+           rope) -> State:
   """Prefill the next `count` prompts of the queue once and put their k
-  samples into the first free slots (the caller checks there is room)."""
+  samples into the first free slots (the caller checks there is room).
+  `rope`: `rope_table(cfg, spec.cache_len)`, built once per program."""
   k, batch = spec.num_samples, c.plen_B.shape[0]
   first = st.next_1[0]
   idx_R = first + jnp.arange(count)
@@ -179,7 +181,6 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
   p = toks.shape[1]
   cache = init_cache(model.cfg, count, p)
   mask = jnp.arange(p)[None] < plen[:, None]
-  rope = rope_table(model.cfg, spec.cache_len)
   hidden, cache = model(toks, None, mask, cache=cache, cache_index=0,
                         rope_table=rope, hidden_only=True)
   last = hidden[jnp.arange(count), jnp.maximum(plen - 1, 0)]
@@ -195,7 +196,7 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
   dest = jnp.where(ok_N, free_first, spec.slots)  # out of range: dropped
   t0 = jnp.zeros_like(row_N)
   token, logp = _sample(spec, logits_N, key_N, t0)
-  st = _write(st, spec, row_N, t0, token, logp)
+  st = _write(st, row_N, t0, token, logp)
   done = _ends(spec, token, t0)
   st = _finish(st, spec, row_N, done & ok_N)
   put = lambda a, val: a.at[dest].set(val, mode="drop")
@@ -214,16 +215,15 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int) -> State:
       next_1=jnp.minimum(st.next_1 + count, batch))
 
 
-def decode_step(model, st: State, spec: Spec, window=None) -> State:
-  """Every busy slot decodes one token."""
+def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
+  """Every busy slot decodes one token (`rope` as for `insert`)."""
   busy = st.row_S >= 0
   slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
-  rope = rope_table(model.cfg, spec.cache_len)
   logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
                               impl=spec.attention, block=spec.block,
                               window=window, keys_ch=spec.keys_ch)
   token, logp = _sample(spec, logits, st.key_S, st.t_S)
-  st = _write(st, spec, st.row_S, st.t_S, token, logp)
+  st = _write(st, st.row_S, st.t_S, token, logp)
   done = busy & _ends(spec, token, st.t_S)
   st = _finish(st, spec, st.row_S, done)
   return st._replace(
@@ -237,6 +237,7 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   """Up to `segment_steps` decode steps on one device (its own loop)."""
   k, batch = spec.num_samples, c.plen_B.shape[0]
   stop = st.steps_1[0] + spec.segment_steps
+  rope = rope_table(model.cfg, spec.cache_len)  # Once, not per step.
 
   def busy(st):
     return jnp.any(st.row_S >= 0)
@@ -249,9 +250,10 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
     if spec.refill:
       room = jnp.sum(st.row_S < 0) >= k * spec.refill
       st = jax.lax.cond((st.next_1[0] < batch) & room,
-                        lambda s: insert(model, s, c, spec, spec.refill),
+                        lambda s: insert(model, s, c, spec, spec.refill,
+                                         rope),
                         lambda s: s, st)
-    return jax.lax.cond(busy(st), lambda s: decode_step(model, s, spec),
+    return jax.lax.cond(busy(st), lambda s: decode_step(model, s, spec, rope),
                         lambda s: s, st)
 
   return jax.lax.while_loop(cond, body, st)
@@ -261,7 +263,8 @@ def _begin_local(graphdef, params, c: Consts, spec: Spec) -> State:
   model = nnx.merge(graphdef, params)
   st = init_state(model.cfg, spec, c.plen_B.shape[0])
   if spec.first:
-    st = insert(model, st, c, spec, spec.first)
+    st = insert(model, st, c, spec, spec.first,
+                rope_table(model.cfg, spec.cache_len))
   return _loop(model, st, c, spec)
 
 
@@ -307,7 +310,7 @@ def segment(graphdef, params, st: State, c: Consts, *, spec: Spec, mesh):
 
 def default_block(backend: str | None = None) -> int:
   """Decode attention block: 128 slots on accelerators (lane width), 32 on
-  CPU (short embedded sequences; measured in docs/ROLLOUT.md)."""
+  CPU (the embedded tasks' sequences are a few dozen slots)."""
   return 32 if (backend or jax.default_backend()) == "cpu" else 128
 
 
@@ -436,22 +439,14 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
   logprobs = _rows(mesh, st.logprobs_RL, shards).reshape(b, k, -1)
   lengths = _rows(mesh, st.length_R, shards).reshape(b, k)
   mask = np.arange(tokens.shape[-1]) < lengths[..., None]
-  steps = np.asarray(jax.device_get(_replicated(st.steps_1)))
-  busy = np.asarray(jax.device_get(_replicated(st.busy_1)))
+  steps = distributed.host_value(st.steps_1)
+  busy = distributed.host_value(st.busy_1)
   stats = {"steps": int(steps.max()),
            "slot_steps": int(steps.sum()) * spec.slots,
            "busy_steps": int(busy.sum()), "segments": segments,
            "slots": spec.slots * total, "cache_len": spec.cache_len}
   return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
                 mask, lengths.astype(np.int32), stats)
-
-
-def _replicated(x):
-  """A per-device [D] counter as one array every process can read."""
-  if x.is_fully_addressable:
-    return x
-  return jax.jit(lambda y: y, out_shardings=jax.sharding.NamedSharding(
-      x.sharding.mesh, P()))(x)
 
 
 # --- Single programs, for the planner's cost model (poly_epo/plan.py) ----
@@ -462,7 +457,10 @@ def _replicated(x):
 def insert_program(graphdef, params, st: State, c: Consts, *, spec: Spec,
                    mesh, count: int) -> State:
   """One prefill of `count` prompts per device, inserted into its slots."""
-  fn = lambda p, s, cc: insert(nnx.merge(graphdef, p), s, cc, spec, count)
+  def fn(p, s, cc):
+    model = nnx.merge(graphdef, p)
+    return insert(model, s, cc, spec, count,
+                  rope_table(model.cfg, spec.cache_len))
   return _per_device(fn, mesh, 2)(params, st, c)
 
 
@@ -472,5 +470,8 @@ def insert_program(graphdef, params, st: State, c: Consts, *, spec: Spec,
 def step_program(graphdef, params, st: State, *, spec: Spec, mesh,
                  window: int) -> State:
   """One decode step of every device's slots reading a static `window`."""
-  fn = lambda p, s: decode_step(nnx.merge(graphdef, p), s, spec, window)
+  def fn(p, s):
+    model = nnx.merge(graphdef, p)
+    return decode_step(model, s, spec, rope_table(model.cfg, spec.cache_len),
+                       window)
   return _per_device(fn, mesh, 1)(params, st)

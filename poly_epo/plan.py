@@ -192,7 +192,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   per_dev, programs = update_memory(mcfg, mesh, cfg, micro)
   num_params = per_dev.pop("num_params")
   mem, more, specs = plan_rollout.compile_programs(mcfg, mesh, cfg, chunk,
-                                                   _abstract)
+                                                   _abstract, _tree_bytes)
   per_dev.update(mem)
   per_dev["rollout_temp"] = max(_temp(c) for c in more.values())
   programs.update(more)

@@ -49,9 +49,10 @@ def lengths(spread: str, rows: int, cap: int, seed: int = 0) -> np.ndarray:
   return np.where(rs.rand(rows) < 0.3, cap, below)
 
 
-def compile_programs(mcfg, mesh, cfg, chunk: int, abstract):
+def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes):
   """(memory per device, compiled programs, specs). `abstract(tree, sh)`
-  attaches shardings to ShapeDtypeStructs."""
+  attaches shardings to ShapeDtypeStructs; `tree_bytes(tree, sh)` counts
+  one device's bytes of them (poly_epo/plan.py's)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
@@ -65,7 +66,8 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract):
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(
       x.shape, jnp.dtype(mcfg.dtype) if jnp.issubdtype(x.dtype, jnp.floating)
       else x.dtype), state)
-  params = abstract(state, sharding.decode_shardings(state, mesh))
+  decode_sh = sharding.decode_shardings(state, mesh)
+  params = abstract(state, decode_sh)
   common = dict(prompt_width=p, num_samples=k, max_new_tokens=length,
                 attention=cfg.rollout.attention, eos_id=0,
                 block=engine.default_block("tpu"),  # The accelerator's
@@ -101,9 +103,8 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract):
     progs[f"decode_step_w{w}"] = engine.step_program.lower(
         graphdef, params, st, spec=static, mesh=mesh, window=w).compile()
   kv = sum(x.size * x.dtype.itemsize for x in (st.k + st.v)) // d
-  weights = sum(np.prod(s.sharding.shard_shape(s.shape)) * s.dtype.itemsize
-                for s in jax.tree.leaves(params))
-  return ({"kv_cache": int(kv), "sampler_params": int(weights)}, progs,
+  return ({"kv_cache": int(kv),
+           "sampler_params": tree_bytes(state, decode_sh)}, progs,
           {"static": static, "continuous": cont, "windows": windows,
            "devices": d, "chunk_dev": chunk_dev})
 

@@ -24,9 +24,8 @@ from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
                       distributed, evaluate, export, metrics, packing,
-                      pretrain,
-                      rollout, scoring, set_rl, sharding, storage, tasks,
-                      update)
+                      pretrain, rollout, scoring, set_rl, sharding, storage,
+                      tasks, update)
 from poly_epo.judges.factory import JudgeWatch, make_judge
 from poly_epo.run_config import check_workdir, flat_config, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
@@ -153,8 +152,7 @@ def step_prompts(run: Run, step: int):
   return mine, tokens, mask
 
 
-def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None,
-                 stats=None):
+def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None):
   """N completions per prompt: NumPy SampleOutput [B_local, N, L]."""
   cfg = run.cfg
   r = cfg.rollout
@@ -166,7 +164,7 @@ def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None,
       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
       chunk_prompts=r.chunk_prompts, mesh=run.mesh,
       compute_dtype=cfg.model.dtype, engine=r.engine, slots=r.slots,
-      refill=r.refill, attention=r.attention, on_done=on_done, stats=stats)
+      refill=r.refill, attention=r.attention, on_done=on_done)
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):

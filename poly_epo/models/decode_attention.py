@@ -39,7 +39,8 @@ IMPLEMENTATIONS = ("window", "full", "ragged")
 def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
   """Softmax attention over slots [0, width) of every row (float32 softmax),
   slots at or past a row's length masked (stale keys may hold anything,
-  stale values anything finite). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C]."""
+  stale values anything finite). Keys [N, K, C, H] when `keys_ch`, else
+  [N, K, H, C]."""
   h = q.shape[-1]
   vb = v_cache[:, :, :width]
   valid = jnp.arange(width)[None] < length_N[:, None]  # [N, W]

@@ -4,11 +4,12 @@ Shape letters: B batch, T new tokens, S cache slots (keys), D hidden, V vocab,
 N query heads, K key/value heads, G = N // K query heads per kv head, H head
 dim, F MLP width.
 
-One forward covers training and sampling. Without a cache it is causal
-self-attention over `tokens_BT` with an optional padding mask. With a `KVCache`
-the new tokens' keys/values are written at `cache_index` (shared by every row:
-prompts are left-padded so all rows decode in lock-step) and the queries attend
-to every valid slot up to their own.
+One forward covers training and prefill. Without a cache it is causal
+self-attention over `tokens_BT` with an optional padding mask (or packed
+segments). With a `KVCache` (the rollout engine's prefill) the new tokens'
+keys/values are written at `cache_index` and the queries attend to every
+valid slot up to their own. `Transformer.decode` is the engine's decode
+step: one token per row, written at that row's own slot.
 """
 
 from __future__ import annotations
@@ -311,8 +312,16 @@ class Block(nnx.Module):
                segment_BT=None):
     h, kv = self.attn(self.input_norm(x_BTD), cos, sin, mask_BTS, kv,
                       cache_index, segment_BT)
-    x_BTD = x_BTD + h
-    return x_BTD + self.mlp(self.post_attn_norm(x_BTD)), kv
+    return self._mlp(x_BTD + h), kv
+
+  def decode(self, x_N1D, cos, sin, k_cache, v_cache, slot_N, **attn):
+    """`Attention.decode` in the block: (x, k_cache, v_cache)."""
+    h, k_cache, v_cache = self.attn.decode(self.input_norm(x_N1D), cos, sin,
+                                           k_cache, v_cache, slot_N, **attn)
+    return self._mlp(x_N1D + h), k_cache, v_cache
+
+  def _mlp(self, x_BTD):
+    return x_BTD + self.mlp(self.post_attn_norm(x_BTD))
 
 
 class Transformer(nnx.Module):
@@ -434,11 +443,9 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], token_N[:, None], axis=0).astype(dt)
     new_k, new_v = [], []
     for i, layer in enumerate(self.layers):
-      h, k, v = layer.attn.decode(layer.input_norm(x), cos, sin, k_caches[i],
-                                  v_caches[i], slot_N, impl=impl, block=block,
-                                  window=window, keys_ch=keys_ch)
-      x = x + h
-      x = x + layer.mlp(layer.post_attn_norm(x))
+      x, k, v = layer.decode(x, cos, sin, k_caches[i], v_caches[i], slot_N,
+                             impl=impl, block=block, window=window,
+                             keys_ch=keys_ch)
       new_k.append(k)
       new_v.append(v)
     logits = self.logits(self.final_norm(x))[:, 0]
