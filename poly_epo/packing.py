@@ -50,13 +50,6 @@ def _pack_group(seqs, width: int):
   return places, row + 1
 
 
-def rows_needed(tokens_ST, attn_ST, mask_SL, *, minibatches: int,
-                microbatches: int, devices: int) -> int:
-  """The most rows any device's share of any group needs."""
-  return _layout(tokens_ST, attn_ST, mask_SL, minibatches, microbatches,
-                 devices)[1]
-
-
 def _layout(tokens_ST, attn_ST, mask_SL, mini, micro, devices):
   s, t = tokens_ST.shape
   length = mask_SL.shape[1]
@@ -87,10 +80,12 @@ def bucket_rows(rows: int, n_dev: int) -> int:
 
 
 def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
-         microbatches: int = 1, devices: int = 1, rows: int = 0) -> Packed:
+         microbatches: int = 1, devices: int = 1, rows: int = 0,
+         agree=None) -> Packed:
   """Pack this process's S sequences (NumPy [S, P + L] left-padded prompt +
   response, `attn_ST` real tokens, `mask_SL` valid response tokens) for
-  `devices` local devices; `rows` forces R (>= what is needed: the same R
+  `devices` local devices; `rows` forces R (>= what is needed); `agree`
+  maps this process's rows needed to every process's most (the same R
   on every process)."""
   tokens_ST = np.asarray(tokens_ST)
   attn_ST = np.asarray(attn_ST, bool)
@@ -98,6 +93,8 @@ def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
   mini, micro = minibatches, microbatches
   groups, most, seqs, n_dev = _layout(tokens_ST, attn_ST, mask_SL, mini,
                                       micro, devices)
+  if agree is not None:
+    most = agree(most)
   r = rows or bucket_rows(most, n_dev)
   if r < most:
     raise ValueError(f"packing: {r} rows per group given, {most} needed")
@@ -108,6 +105,7 @@ def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
   seg = np.zeros_like(tok)
   pos = np.zeros_like(tok)
   index = np.zeros((s, length), np.int32)
+  ls = np.arange(length)
   for (a, b, d), (ids, places) in groups.items():
     for k, (i, (row, start)) in enumerate(zip(ids, places)):
       c = d * r + row  # Packed row within the group.
@@ -119,7 +117,6 @@ def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
       prompt = n - int(mask_SL[i].sum())
       # Response token l sits at start + prompt + l; its logits come from
       # the position before it, in the device's [R, W] rows of the group.
-      ls = np.arange(length)
       index[i] = row * w + start + max(prompt - 1, 0) + np.minimum(
           ls, max(n - prompt - 1, 0))
   return Packed(tok, seg, pos, index, r, sum(len(x) for x in seqs))
@@ -128,16 +125,11 @@ def pack(tokens_ST, attn_ST, mask_SL, *, minibatches: int = 1,
 def packed_batch(batch, minibatches: int, microbatches: int, mesh):
   """This process's `update.RolloutBatch` (NumPy) as an
   `update.PackedBatch`, with the same rows per group on every process."""
-  devices = sharding.batch_shards(mesh) // jax.process_count()
-  rows = rows_needed(batch.tokens_ST, batch.attn_ST, batch.mask_SL,
-                     minibatches=minibatches, microbatches=microbatches,
-                     devices=devices)
-  n_dev = batch.adv_S.shape[0] // (minibatches * microbatches * devices)
-  rows = bucket_rows(int(distributed.allgather(np.array([rows])).max()),
-                     n_dev)
   pk = pack(batch.tokens_ST, batch.attn_ST, batch.mask_SL,
             minibatches=minibatches, microbatches=microbatches,
-            devices=devices, rows=rows)
+            devices=sharding.batch_shards(mesh) // jax.process_count(),
+            agree=lambda most: int(distributed.allgather(
+                np.array([most])).max()))
   return update.PackedBatch(pk.tokens_RW, pk.segment_RW, pk.position_RW,
                             pk.index_SL, batch.mask_SL, batch.old_logp_SL,
                             batch.adv_S)
