@@ -200,14 +200,14 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   done = _ends(spec, token, t0)
   st = _finish(st, spec, row_N, done & ok_N)
   put = lambda a, val: a.at[dest].set(val, mode="drop")
-  rep = lambda x: jnp.repeat(x, k, 0)
+  # Finite keys and values only: see `Attention.decode`.
+  rep = lambda x: jnp.repeat(jnp.nan_to_num(x, posinf=0.0, neginf=0.0), k, 0)
   return st._replace(
       k=tuple(a.at[dest, :, :p, :].set(rep(jnp.swapaxes(b, 2, 3)),
                                        mode="drop") if spec.keys_ch else
               a.at[dest, :, :, :p].set(rep(b), mode="drop")
               for a, b in zip(st.k, cache.k)),
-      v=tuple(a.at[dest, :, :p, :].set(rep(jnp.nan_to_num(
-          b, posinf=0.0, neginf=0.0)), mode="drop")  # Finite: see decode.
+      v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
               for a, b in zip(st.v, cache.v)),
       row_S=put(st.row_S, jnp.where(done, -1, row_N)),
       t_S=put(st.t_S, t0 + 1), token_S=put(st.token_S, token),

@@ -1,5 +1,6 @@
 """poly_epo.models.decode_attention against a NumPy softmax over each row's
-filled slots; a row's output is bit-for-bit independent of the other rows
+filled slots (the Pallas GPU kernel in interpret mode on CPU, compiled on a
+GPU); a row's output is bit-for-bit independent of the other rows
 (how many blocks the batch reads), which the engine's exactness rests on."""
 
 import jax.numpy as jnp
@@ -32,7 +33,8 @@ def _reference(q, k, v, lengths):
 
 @pytest.mark.parametrize("keys_ch", [False, True])
 @pytest.mark.parametrize("impl,block", [("window", 16), ("window", 8),
-                                        ("ragged", 16), ("full", 16)])
+                                        ("ragged", 16), ("full", 16),
+                                        ("pallas", 16)])
 def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch):
   q, k, v, lengths = _inputs()
   k_in = np.swapaxes(k, 2, 3) if keys_ch else k  # [N, K, C, H] layout.
@@ -44,13 +46,14 @@ def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch):
 
 
 def test_stale_slots_past_the_fill_never_matter():
-  """Keys may hold anything (NaN included), values anything finite."""
+  """Keys may hold anything (NaN included; for the Pallas kernel anything
+  finite), values anything finite."""
   q, k, v, lengths = _inputs()
-  k2, v2 = k.copy(), v.copy()
-  for n in range(N):
-    k2[n, :, :, lengths[n]:] = np.nan
-    v2[n, :, lengths[n]:] = 1e30
-  for impl in ("window", "ragged"):
+  for impl in ("window", "ragged", "pallas"):
+    k2, v2 = k.copy(), v.copy()
+    for n in range(N):
+      k2[n, :, :, lengths[n]:] = 1e4 if impl == "pallas" else np.nan
+      v2[n, :, lengths[n]:] = 1e30
     got = attend_filled(jnp.asarray(q), jnp.asarray(k2), jnp.asarray(v2),
                         jnp.asarray(lengths), impl=impl, block=16)
     np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, lengths),
@@ -86,3 +89,5 @@ def test_bad_settings_raise():
     attend_filled(q, k, v, lengths, impl="paged")
   with pytest.raises(ValueError, match="multiple of the block"):
     attend_filled(q, k, v, lengths, block=48)
+  with pytest.raises(ValueError, match=">= 16 slots"):
+    attend_filled(q, k, v, lengths, impl="pallas", block=8)

@@ -12,7 +12,14 @@ the same rollout (B prompts x k samples, the same memory: a static chunk of
 - static_full: lock-step chunks reading every cache slot each step (the
   sampler before the engine: `--attention full`);
 - static: lock-step chunks, windowed attention (the filled blocks only);
-- continuous: `--chunk x k` slots refilled from the whole batch's queue.
+- continuous: `--chunk x k` slots refilled from the whole batch's queue;
+- with `--kernel`: continuous_pallas, the continuous engine with the
+  Pallas GPU decode kernel (`rollout.attention="pallas"`: each row reads its
+  own fill; on CPU it runs interpreted, so use it on GPU).
+
+`--attention` sets the static and continuous runs' decode attention
+(default "window"). On a GPU the report adds each run's weight + KV bytes
+per decode step against the card's measured HBM bandwidth (roofline ms).
 
 Reported per run: wall seconds (median of `--repeats`, after a compile
 run), useful tokens/s (response tokens / wall), executed row-steps (decode
@@ -30,12 +37,13 @@ import numpy as np
 from flax import nnx
 
 from poly_epo import rollout
-from poly_epo.bench.device import timed
+from poly_epo.bench.device import card_figures, timed
 from poly_epo.models import init_model, preset
 
 EOS = 1
 # Per preset: prompts, samples, prompt width, new tokens, static chunk.
-DEFAULTS = {"bench-s": (64, 8, 32, 256, 8), "bench-m": (32, 8, 32, 128, 4)}
+DEFAULTS = {"bench-s": (64, 8, 32, 256, 8), "bench-m": (32, 8, 32, 128, 4),
+            "qwen3-0.6b": (64, 8, 128, 512, 16)}
 
 
 def _parse(argv):
@@ -50,6 +58,11 @@ def _parse(argv):
   ap.add_argument("--chunk", type=int,
                   help="static chunk in prompts; continuous slots = chunk x k")
   ap.add_argument("--refill", type=int, default=1)
+  ap.add_argument("--attention", default="window",
+                  choices=("window", "ragged", "pallas"),
+                  help="decode attention of the static and continuous runs")
+  ap.add_argument("--kernel", action="store_true",
+                  help="also run continuous with the Pallas GPU kernel")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--json", action="store_true", help="one JSON object")
@@ -102,25 +115,68 @@ def bench(args) -> dict:
   policy = nnx.split(init_model(cfg, seed=0), nnx.Param, ...)
   tokens, mask = _prompts(args, cfg.vocab_size)
   k = args.samples
-  ref, static = _run(args, policy, tokens, mask, chunk_prompts=args.chunk)
+  ref, static = _run(args, policy, tokens, mask, chunk_prompts=args.chunk,
+                     attention=args.attention)
   full, static_full = _run(args, policy, tokens, mask,
                            chunk_prompts=args.chunk, attention="full")
   cont, continuous = _run(args, policy, tokens, mask, engine="continuous",
-                          slots=args.chunk * k, refill=args.refill)
+                          slots=args.chunk * k, refill=args.refill,
+                          attention=args.attention)
   same = lambda o: bool((o.tokens == ref.tokens).all() and
                         (o.mask == ref.mask).all())
   static_full["tokens_equal_static"] = same(full)
+  extra = {}
+  if args.kernel:
+    kern, extra["continuous_pallas"] = _run(
+        args, policy, tokens, mask, engine="continuous",
+        slots=args.chunk * k, refill=args.refill, attention="pallas")
+    extra["continuous_pallas"]["tokens_equal_static"] = same(kern)
+    extra["continuous_pallas"]["max_abs_logprob_diff"] = float(
+        np.abs(np.where(ref.mask, kern.logprobs - ref.logprobs, 0)).max())
+  runs = {"static_full": static_full, "static": static,
+          "continuous": continuous, **extra}
+  _roofline(cfg, args, runs, _fill_tokens(mask, ref.lengths))
   return {
       "device": jax.devices()[0].platform, "preset": args.preset,
       "params": cfg.num_params, "lengths": args.lengths,
       "prompts": args.prompts, "samples": k, "prompt_len": args.prompt_len,
       "new_tokens": args.new_tokens, "chunk_prompts": args.chunk,
-      "static_full": static_full, "static": static, "continuous": continuous,
-      "tokens_equal": same(cont),
+      "attention": args.attention, **runs, "tokens_equal": same(cont),
       "speedup": continuous["useful_tokens_per_s"] /
                  static["useful_tokens_per_s"],
       "speedup_vs_full": continuous["useful_tokens_per_s"] /
                          static_full["useful_tokens_per_s"]}
+
+
+def _roofline(cfg, args, runs: dict, fill_tokens: int):
+  """On a card with measured HBM bandwidth: the bytes a decode step must
+  read (every weight once, plus the KV of the filled slots of its busy rows,
+  `fill_tokens` in all; `static_full` reads every slot of every row) against
+  the measured time: roofline_fraction = bound / wall."""
+  figures = card_figures()
+  if not figures:
+    return
+  isz = np.dtype(args.dtype).itemsize
+  kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * isz
+  weights = cfg.num_params * isz
+  for name, r in runs.items():
+    kv = fill_tokens * kv_token
+    if name == "static_full":
+      kv = r["executed_row_steps"] * (args.prompt_len + args.new_tokens) * \
+          kv_token
+    r["roofline_s"] = (r["decode_steps"] * weights + kv) / \
+        figures["hbm_bytes_s"]
+    r["ms_per_step"] = 1e3 * r["wall_s"] / max(r["decode_steps"], 1)
+    r["roofline_fraction"] = r["roofline_s"] / r["wall_s"]
+
+
+def _fill_tokens(mask, lengths) -> int:
+  """Filled slots summed over the useful decode row-steps: response token t
+  (t >= 1; token 0 comes from the prefill) of a row with a p-token prompt
+  attends to p + t slots."""
+  p = np.asarray(mask).sum(-1)[:, None].astype(np.int64)  # [B, 1]
+  n = np.asarray(lengths).astype(np.int64) - 1  # Decode steps per row.
+  return int((n * p + n * (n + 1) // 2).sum())
 
 
 def main(argv=None):
@@ -134,13 +190,19 @@ def main(argv=None):
         f"B={res['prompts']} k={res['samples']} P<={res['prompt_len']} "
         f"L={res['new_tokens']} static chunk={res['chunk_prompts']} prompts "
         f"(= continuous slots {res['chunk_prompts'] * res['samples']})")
-  print(f"{'engine':<12} {'wall s':>8} {'useful tok/s':>13} "
+  print(f"{'engine':<17} {'wall s':>8} {'useful tok/s':>13} "
         f"{'executed row-steps':>19} {'useful':>9} {'round trips':>12}")
-  for name in ("static_full", "static", "continuous"):
+  for name in ("static_full", "static", "continuous", "continuous_pallas"):
+    if name not in res:
+      continue
     r = res[name]
-    print(f"{name:<12} {r['wall_s']:>8.2f} {r['useful_tokens_per_s']:>13.0f} "
+    roof = (f"  {r['ms_per_step']:.2f} ms/step, roofline "
+            f"{100 * r['roofline_fraction']:.0f}%" if "roofline_s" in r
+            else "")
+    print(f"{name:<17} {r['wall_s']:>8.2f} "
+          f"{r['useful_tokens_per_s']:>13.0f} "
           f"{r['executed_row_steps']:>19d} {r['useful_row_steps']:>9d} "
-          f"{r['host_round_trips']:>12d}")
+          f"{r['host_round_trips']:>12d}{roof}")
   print(f"continuous / static: {res['speedup']:.2f}x useful tokens/s "
         f"({res['speedup_vs_full']:.2f}x vs static_full); tokens equal: "
         f"{res['tokens_equal']}")

@@ -15,8 +15,13 @@ Implementations (`rollout.attention`):
 - "full": masked softmax over all C slots (the pre-engine sampler's cost).
 - "ragged": each row reads only its own blocks (`lax.map` over rows, each with
   its own trip count). Exactly what a ragged kernel does; worth it on CPU only
-  for few long rows; on TPU / GPU the Pallas paged / decode kernels are the
-  fast form of it.
+  for few long rows.
+- "pallas": the fast form of "ragged" on GPU, JAX's Pallas (Triton) decode
+  kernel (`jax.experimental.pallas.ops.gpu.decode_attention.gqa`): each row
+  reads only its own filled blocks, split over `k_splits` ranges of the cache
+  that run in parallel. On CPU it runs in Pallas's interpret mode (tests
+  only: slow); TPU is refused (its Pallas kernels need a paged, kv-head-major
+  cache: docs/ROLLOUT.md).
 
 Exactness: a wider window only appends masked slots, whose probabilities
 and values are exact zeros, and the max is order-free; so a row's output
@@ -33,7 +38,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("window", "full", "ragged")
+IMPLEMENTATIONS = ("window", "full", "ragged", "pallas")
 
 
 def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
@@ -98,6 +103,35 @@ def _ragged(q, k_cache, v_cache, length_N, block: int, keys_ch: bool):
   return jax.lax.map(one, (q, k_cache, v_cache, length_N))
 
 
+def _splits(blocks: int, most: int = 16) -> int:
+  """The largest divisor of `blocks` up to `most`: the kernel's cache ranges
+  (each a whole number of blocks)."""
+  return max(d for d in range(1, min(blocks, most) + 1) if blocks % d == 0)
+
+
+def _pallas_gpu(q, k_cache, v_cache, length_N, block: int, keys_ch: bool):
+  """JAX's Pallas GPU decode kernel over each row's own fill."""
+  backend = jax.default_backend()
+  if backend not in ("gpu", "cpu"):
+    raise ValueError(
+        f"rollout.attention='pallas' is the GPU decode kernel; on {backend} "
+        "use 'window' (TPU's Pallas kernels need a paged cache)")
+  from jax.experimental.pallas.ops.gpu import decode_attention as kernel
+  n, kh, g, h = q.shape
+  c = cache_len(v_cache)
+  if block < 16:
+    raise ValueError(f"rollout.attention='pallas' needs blocks of >= 16 "
+                     f"slots (block={block})")
+  # The kernel takes [N, C, K, H]; our [N, K, C, H] goes in swapped, and
+  # XLA cancels the kernel wrapper's swap back.
+  k = jnp.swapaxes(k_cache, 1, 2) if keys_ch else jnp.moveaxis(k_cache, 3, 1)
+  out = kernel.gqa(q.reshape(n, kh * g, h), k, jnp.swapaxes(v_cache, 1, 2),
+                   kv_seq_len=length_N.astype(jnp.int32), block_k=block,
+                   k_splits=_splits(c // block),
+                   interpret=backend == "cpu")
+  return out.reshape(n, kh, g, h).astype(q.dtype)
+
+
 def _full(q, k_cache, v_cache, length_N, keys_ch):
   return _dense(q, k_cache, v_cache, length_N, cache_len(v_cache), keys_ch)
 
@@ -114,8 +148,8 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
       per-row key write is an in-place scatter; transposed keys make XLA
       TPU copy the whole cache); v_NKCH: values.
     length_N: int32 [N] filled slots per row (the new token included).
-    impl: "window" | "full" | "ragged" (see the module docstring).
-    block: slots per block; C must be a multiple of it ("window", "ragged").
+    impl: "window" | "full" | "ragged" | "pallas" (the module docstring).
+    block: slots per block; C must be a multiple of it (all but "full").
     window: a static number of slots to read instead of the batch's fill
       (cost models); rows must not be longer.
 
@@ -130,6 +164,8 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
   if cache_len(v_NKCH) % block:
     raise ValueError(f"decode attention: cache length {cache_len(v_NKCH)} "
                      f"is not a multiple of the block ({block})")
+  if impl == "pallas":
+    return _pallas_gpu(q_NKGH, k_NKHC, v_NKCH, length_N, block, keys_ch)
   if impl == "ragged":
     return _ragged(q_NKGH, k_NKHC, v_NKCH, length_N, block, keys_ch)
   return _window(q_NKGH, k_NKHC, v_NKCH, length_N, block, window, keys_ch)

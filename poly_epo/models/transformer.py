@@ -257,14 +257,17 @@ class Attention(nnx.Module):
     kh, h = cfg.num_kv_heads, cfg.head_dim
     q, k, v = self._qkv(x_N1D, cos_N1H, sin_N1H)
     rows = jnp.arange(n_rows)
+    # Finite keys and values only: attention weighs stale slots 0, not
+    # 0 x NaN (values), and the Pallas kernel masks keys by adding a large
+    # negative number (a NaN key would survive it).
+    finite = lambda x: jnp.nan_to_num(x, posinf=0.0, neginf=0.0)
     if keys_ch:  # Keys stored like values, [N, K, C, H].
       k_NKHC = k_NKHC.at[rows, :, slot_N, :].set(
-          k[:, 0].astype(k_NKHC.dtype))
+          finite(k[:, 0]).astype(k_NKHC.dtype))
     else:
       k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(
-          k[:, 0].astype(k_NKHC.dtype))
-    # Finite values only: attention weighs stale slots 0, not 0 x NaN.
-    v_new = jnp.nan_to_num(v[:, 0], posinf=0.0, neginf=0.0)
+          finite(k[:, 0]).astype(k_NKHC.dtype))
+    v_new = finite(v[:, 0])
     v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v_new.astype(v_NKCH.dtype))
     q = q[:, 0].reshape(n_rows, kh, -1, h)
     out = attend_filled(q, k_NKHC, v_NKCH, slot_N + 1, impl=impl,
