@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import jax
 import numpy as np
@@ -101,6 +102,9 @@ def _run(args, policy, tokens, mask, **kw):
   first, wall, out = timed(once, args.repeats)
   useful = int(out.lengths.sum())
   rows = out.lengths.size
+  print(f"[bench rollout] {kw}: {wall:.2f} s, {useful / wall:,.0f} useful "
+        f"tok/s, compile {max(first - wall, 0.0):.1f} s", file=sys.stderr,
+        flush=True)  # Progress: each engine's line as it finishes.
   return out, {
       "wall_s": wall, "compile_s": max(first - wall, 0.0),
       "useful_tokens": useful, "useful_tokens_per_s": useful / wall,
