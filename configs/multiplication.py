@@ -13,6 +13,9 @@ def get_config():
   c.workdir = "runs/multiplication"
   c.task.name = "multiplication"
   c.task.options.mistake_rate = 0.3
+  c.task.options.corpus_skew = 0.0  # 0: the corpus draws strategies
+  # uniformly; s > 0: Zipf-like, rank r with weight (r + 1)^-s (a dominant
+  # strategy and rare others, like a pretrained LM's).
   c.max_prompt_tokens = 8
   c.max_new_tokens = 48
   c.prompts_per_step = 16

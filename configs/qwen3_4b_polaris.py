@@ -52,6 +52,8 @@ def get_config():
   # (x 8 rows x 5,120 positions) fits (64 on 8 v5p / H100 chips).
   c.rollout.engine = "continuous"  # Long ragged responses: decode slots
   c.rollout.slots = 0  # (= chunk x 8 rows) refilled from the whole batch.
+  c.rollout.attention = "auto"  # The Pallas decode kernel on GPU (each row
+  # reads its own fill), the filled-blocks window elsewhere.
   c.packing = True  # Sequences packed end to end for the update.
   c.algorithm = "polyepo"
   c.set_size = 4  # n = 4.

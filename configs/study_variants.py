@@ -4,7 +4,10 @@ in docs/RESULTS.md: `--config configs/study_variants.py:<task>,<variant>`.
 Variants: `n16` (N=16 responses per prompt, n=4, 16 prompts per step: the
 same 256 sequences), `multi_cluster` (Poly-EPO's d(S)=0 when a set holds one
 strategy), `sym_clip` (the authors' symmetric 0.2/0.2 clip for Dr.GRPO and
-GRPO), `long` (240 steps), `low_lr` (lr 1e-4), `base` (unchanged).
+GRPO), `long` (240 steps), `low_lr` (lr 1e-4), `skew` (a base pretrained
+on a skewed corpus, `task.options.corpus_skew=1.5`: a dominant strategy and
+rare others, like a pretrained LM), `base` (unchanged). Join variants with
+`+` (`skew+low_lr`).
 """
 
 import importlib.util
@@ -20,6 +23,16 @@ def get_config(arg: str = "polynomial,base"):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config()
+  for one in variant.split("+"):
+    _apply(c, one)
+  c.workdir = f"runs/{task}_{variant}"
+  return c
+
+
+SKEW = 1.5  # The skewed setting of the study (docs/RESULTS.md).
+
+
+def _apply(c, variant: str) -> None:
   if variant == "n16":
     c.num_samples, c.prompts_per_step = 16, 16
   elif variant == "multi_cluster":
@@ -31,8 +44,8 @@ def get_config(arg: str = "polynomial,base"):
     c.steps = 240
   elif variant == "low_lr":
     c.lr = 1e-4
+  elif variant == "skew":
+    c.task.options.corpus_skew = SKEW
   elif variant != "base":
     raise ValueError(f"configs/study_variants.py: unknown variant "
                      f"{variant!r}")
-  c.workdir = f"runs/{task}_{variant}"
-  return c

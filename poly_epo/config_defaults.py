@@ -87,7 +87,9 @@ def base_config() -> ml_collections.ConfigDict:
   # chunk_prompts x num_samples: the static engine's memory).
   c.rollout.refill = 1  # Prompts prefilled per refill (continuous).
   c.rollout.attention = "window"  # Decode attention: window (the filled
-  # blocks) | full (every cache slot) | ragged (each row its own blocks).
+  # blocks) | full (every cache slot) | ragged (each row its own blocks) |
+  # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |
+  # auto (pallas on GPU, else window).
   c.rollout.score_while_decoding = True  # Check answers / judge finished
   # prompts on host threads while the rest decode (same results).
 

@@ -46,6 +46,26 @@ def distinct_correct(labels_PM, correct_PM) -> np.ndarray:
                    for row_l, row_c in zip(labels, correct)])
 
 
+def top_label_share(labels_PM) -> float:
+  """The dominant strategy's share: per prompt, the most frequent
+  non-negative label's count over the prompt's non-negative labels (prompts
+  with none count 0), averaged over prompts. 1/m for all-distinct labels,
+  1 for a policy with one strategy per prompt."""
+  shares = []
+  for row in np.asarray(labels_PM):
+    valid = row[row >= 0]
+    shares.append(np.unique(valid, return_counts=True)[1].max() / len(valid)
+                  if len(valid) else 0.0)
+  return float(np.mean(shares)) if shares else 0.0
+
+
+def skew_weights(n: int, skew: float) -> np.ndarray:
+  """Zipf-like strategy frequencies: rank r (0-based) of n gets weight
+  (r + 1) ** -skew, normalised; skew 0 is uniform."""
+  w = (np.arange(1, n + 1, dtype=np.float64)) ** -float(skew)
+  return w / w.sum()
+
+
 def majority_vote(answers_PM: Sequence[Sequence], correct_PM, k: int
                   ) -> tuple[float, float]:
   """(accuracy, mean winning vote share) of a majority vote over each

@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from poly_epo import checkpointing, evaluate, storage, tasks
+from poly_epo import checkpointing, evaluation, storage, tasks
 from poly_epo.logprobs import token_logprobs
 from poly_epo.models import init_model, preset
 from poly_epo.tokenizer import char_tokenizer
@@ -107,7 +107,7 @@ def pretrain(cfg, progress: bool = True) -> dict:
   model = nnx.merge(graphdef, params)
   train_seconds = time.perf_counter() - t_start
   prompts = task.heldout_prompts(cfg.seed, pc.eval_prompts)
-  ev = evaluate.evaluate(model, tokenizer, task, prompts,
+  ev = evaluation.evaluate(model, tokenizer, task, prompts,
                          num_samples=pc.eval_samples,
                          max_new_tokens=cfg.max_new_tokens,
                          temperature=1.0, seed=cfg.seed, progress=progress)
@@ -117,6 +117,8 @@ def pretrain(cfg, progress: bool = True) -> dict:
              "train_seconds": train_seconds,
              "heldout_pass@1": ev["pass@1"], f"heldout_pass@{m}": ev[f"pass@{m}"],
              "heldout_distinct_correct": ev["distinct_correct"],
+             "heldout_top_strategy_share": ev["top_strategy_share"],
+             "heldout_strategy_shares": ev.get("strategy_shares"),
              "heldout_pass@k": {str(k): v for k, v in ev["pass@k"].items()},
              "eval_prompts": pc.eval_prompts, "eval_samples": m}
   meta = dict(summary, task=tasks.identity(cfg.task.name, cfg.task.options))
@@ -141,6 +143,11 @@ def main(argv):
   print(f"held-out ({s['eval_prompts']} prompts x {m} samples): "
         f"pass@1 {s['heldout_pass@1']:.3f}  pass@{m} {s[f'heldout_pass@{m}']:.3f}"
         f"  distinct correct answers {s['heldout_distinct_correct']:.2f}")
+  print(f"strategies: the dominant one's share per prompt "
+        f"{s['heldout_top_strategy_share']:.3f}" + (
+            "; shares " + json.dumps({k: round(v, 3) for k, v in
+                                      s["heldout_strategy_shares"].items()})
+            if s["heldout_strategy_shares"] else ""))
   print("pass@k: " + json.dumps({k: round(v, 3)
                                   for k, v in s["heldout_pass@k"].items()
                                   if int(k) & (int(k) - 1) == 0 or

@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from poly_epo import evaluate
+from poly_epo import evaluation
 from poly_epo.tokenizer import decode_completions
 
 _STATUSES = ("ok", "failed", "wrong_count")
@@ -53,7 +53,7 @@ class StepScorer:
   def _score(self, idx, tokens, mask):
     prompts = [self.prompts[i] for i in idx]
     texts = decode_completions(self.tok, tokens, mask)
-    rewards, labels = evaluate.score(self.task, prompts, texts)
+    rewards, labels = evaluation.score(self.task, prompts, texts)
     valid = np.ones(len(idx), bool)
     statuses = np.zeros(3)
     if self.judge is not None:

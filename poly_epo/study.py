@@ -5,7 +5,7 @@
 The multi-seed comparison of DESIGN 3.6, in one command. Per seed: pretrain
 the base policy once (seed s), train every algorithm from it (seed s), then
 evaluate base and trained policies with m samples per held-out prompt
-(`poly_epo.evaluate`). Writes `<out>/study.json` (every per-seed number and
+(`poly_epo.evaluation`). Writes `<out>/study.json` (every per-seed number and
 mean / std over seeds), `<out>/study.md` (the table) and overlay plots
 (`<out>/plots/`: mean pass@k, majority, distinct, branching; training
 curves of seed 0). Resumable: a killed study started again skips what is
@@ -40,7 +40,7 @@ def _done(path: str) -> bool:
 def run_seed(cfg, seed: int, algorithms, out: str, samples: int,
              log=print) -> dict:
   """Pretrain, train each algorithm, evaluate; returns the seed's eval.json."""
-  from poly_epo import evaluate, pretrain, trainer
+  from poly_epo import evaluation, pretrain, trainer
   d = os.path.join(out, f"seed{seed}")
   base_cfg = cfg.copy_and_resolve_references()
   base_cfg.seed, base_cfg.workdir = seed, d
@@ -66,10 +66,10 @@ def run_seed(cfg, seed: int, algorithms, out: str, samples: int,
     if ev.get("samples") == samples and len(ev["policies"]) == len(policies):
       return ev
   t0 = time.perf_counter()
-  ev = evaluate.evaluate_policies(base_cfg, policies, samples=samples,
-                                  prompts=cfg.eval_prompts,
-                                  out=os.path.join(d, "eval"),
-                                  progress=base_cfg.progress)
+  ev = evaluation.evaluate_policies(base_cfg, policies, samples=samples,
+                                    prompts=cfg.eval_prompts,
+                                    out=os.path.join(d, "eval"),
+                                    progress=base_cfg.progress)
   log(f"seed {seed}: evaluated {len(policies)} policies in "
       f"{time.perf_counter() - t0:.0f} s")
   return ev

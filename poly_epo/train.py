@@ -31,7 +31,7 @@ def main(argv):
     from poly_epo import distributed
     distributed.initialize(cfg.coordinator_address, cfg.num_processes,
                            cfg.process_id)
-  from poly_epo import distributed, trainer
+  from poly_epo import distributed, evaluation, trainer
   t0 = time.perf_counter()
   try:
     summary = trainer.train(cfg)
@@ -43,7 +43,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     return 143 if isinstance(e, trainer.Preempted) else 1
   if distributed.is_main():
-    print(trainer.format_table(summary))
+    print(evaluation.format_summary(summary))
     print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "
           f"{cfg.workdir}/metrics.jsonl (TensorBoard: {cfg.workdir}/tb); "
           f"trained policy: {summary['policy']}"

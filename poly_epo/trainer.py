@@ -23,7 +23,7 @@ import tqdm
 from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
-                      distributed, evaluate, export, metrics, packing,
+                      distributed, evaluation, export, metrics, packing,
                       pretrain, rollout, scoring, set_rl, sharding, storage,
                       tasks, update)
 from poly_epo.judges.factory import JudgeWatch, make_judge
@@ -234,34 +234,18 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
   }
 
 
-def _eval_summary(ev: dict, m: int) -> dict:
-  """An evaluation as a metrics row: scalars (TensorBoard too) for pass@k,
-  majority@k and vote share at k = 1, 2, 4, ..., m, and the whole pass@k
-  curve, branching profile and correct counts as lists (JSONL only)."""
-  row = {f"pass@{k}": ev["pass@k"][k] for k in evaluate.vote_ks(m)}
-  row.update({f"majority@{k}": v for k, v in ev["majority@k"].items()})
-  row.update({f"vote_share@{k}": v for k, v in ev["vote_share@k"].items()})
-  for key in ("distinct_correct", "distinct_all", "any_correct",
-              "reward_mean", "first_fork"):
-    row[key] = ev[key]
-  row["pass@k_curve"] = [ev["pass@k"][k] for k in range(1, m + 1)]
-  row["branching"] = ev["branching"]
-  row["num_correct"] = ev["num_correct"]
-  return row
-
-
 def run_eval(run: Run, params, sets: dict) -> dict:
   """{set name: metrics row} over the held-out sets."""
   cfg = run.cfg
   out = {}
   for name, prompts in sets.items():
-    ev = evaluate.evaluate(run.model(params), run.tok, run.task, prompts,
+    ev = evaluation.evaluate(run.model(params), run.tok, run.task, prompts,
                            num_samples=cfg.eval_samples,
                            max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, seed=cfg.seed,
                            mesh=run.mesh, compute_dtype=cfg.model.dtype,
                            batch_prompts=cfg.rollout.chunk_prompts or 64)
-    out[name] = _eval_summary(ev, cfg.eval_samples)
+    out[name] = evaluation.metrics_row(ev, cfg.eval_samples)
   return out
 
 
@@ -406,15 +390,3 @@ def finish(run: Run, params, heldout, base_eval, log) -> dict:
              "metrics_gaps": log.gaps}
   _write_json(summary, storage.join(cfg.workdir, "summary.json"))
   return summary
-
-
-def format_table(summary: dict) -> str:
-  m = summary["eval_samples"]
-  lines = [f"{'held-out':<12} {'pass@1':>7} {f'pass@{m}':>8} "
-           f"{'distinct correct':>17}"]
-  for name, ev in (("base", summary["base"]),
-                   (summary["algorithm"], summary["trained"])):
-    if ev:
-      lines.append(f"{name:<12} {ev['pass@1']:>7.3f} {ev[f'pass@{m}']:>8.3f} "
-                   f"{ev['distinct_correct']:>17.2f}")
-  return "\n".join(lines)

@@ -99,9 +99,9 @@ def test_keys_stored_like_values_decode_the_same(policy, static):
 def test_attention_variants_give_the_same_tokens(policy, static):
   """The Pallas GPU kernel (interpret mode here) sums in another order, so
   its log-probs agree to rounding; tokens could differ only at a tie."""
-  for impl, engine in (("ragged", "static"), ("full", "static"),
+  for impl, schedule in (("ragged", "static"), ("full", "static"),
                        ("pallas", "continuous")):
-    got = _run(policy, attention=impl, engine=engine, slots=6)
+    got = _run(policy, attention=impl, engine=schedule, slots=6)
     np.testing.assert_array_equal(got.tokens, static.tokens, err_msg=impl)
     np.testing.assert_allclose(got.logprobs, static.logprobs, atol=1e-5)
 

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from poly_epo import evaluate, metrics, plot
+from poly_epo import evaluation, metrics, plot
 from test_trainer import _config, tiny_base
 
 
@@ -19,13 +19,13 @@ def two_policies(tmp_path_factory):
 
 def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):
   cfg = _config(workdir=str(tmp_path / "w"), base_policy=two_policies[0])
-  res = evaluate.evaluate_policies(
+  res = evaluation.evaluate_policies(
       cfg, ["base", two_policies[1]], samples=8, prompts=5,
       out=str(tmp_path / "ev"), progress=False)
   data = json.load(open(tmp_path / "ev" / "eval.json"))
   assert data["samples"] == 8 and data["prompts"] == 5
   assert list(data["policies"]) == list(res["policies"]) == [
-      "base", evaluate.policy_name(two_policies[1])]
+      "base", evaluation.policy_name(two_policies[1])]
   for ev in data["policies"].values():
     assert sorted(int(k) for k in ev["pass@k"]) == list(range(1, 9))
     assert len(ev["num_correct"]) == 5
@@ -40,9 +40,9 @@ def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):
     assert ev["distinct_all"] >= ev["distinct_correct"]
   for name in ("passk.png", "majority.png", "distinct.png", "branching.png"):
     assert os.path.getsize(tmp_path / "ev" / name) > 1000
-  assert "pass@8" in evaluate.format_report(data)
+  assert "pass@8" in evaluation.format_report(data)
   with pytest.raises(FileNotFoundError, match="--policy"):
-    evaluate.evaluate_policies(cfg, [str(tmp_path / "nope")], samples=2,
+    evaluation.evaluate_policies(cfg, [str(tmp_path / "nope")], samples=2,
                                prompts=1, out=str(tmp_path / "ev2"))
 
 
@@ -58,15 +58,15 @@ def test_evaluation_checks_what_it_evaluates(two_policies, tmp_path):
   mult = mod.get_config()
   with pytest.raises(ValueError, match=r"trained on task 'polynomial', not "
                      r"'multiplication'.*--allow_task_mismatch"):
-    evaluate.evaluate_policies(mult, [two_policies[1]], samples=2, prompts=2,
+    evaluation.evaluate_policies(mult, [two_policies[1]], samples=2, prompts=2,
                                out=str(tmp_path / "ev"), progress=False)
   cfg = _config(workdir=str(tmp_path / "w"))
   with pytest.raises(ValueError, match=r"held-out set 'heldout' is empty.*"
                      r"config\.eval_prompts"):
-    evaluate.evaluate_policies(cfg, [two_policies[1]], samples=2, prompts=0,
+    evaluation.evaluate_policies(cfg, [two_policies[1]], samples=2, prompts=0,
                                out=str(tmp_path / "ev"), progress=False)
   with pytest.raises(ValueError, match=r"--samples=0: must be >= 1"):
-    evaluate.evaluate_policies(cfg, [two_policies[1]], samples=0, prompts=2,
+    evaluation.evaluate_policies(cfg, [two_policies[1]], samples=0, prompts=2,
                                out=str(tmp_path / "ev"), progress=False)
   res = subprocess.run(
       [sys.executable, "-m", "poly_epo.evaluate",

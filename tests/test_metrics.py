@@ -79,3 +79,19 @@ def test_branching_and_first_fork_on_hand_built_samples():
   assert metrics.first_fork(metrics.branching(same, mask)) == 4  # Never.
   mask[2, 2:] = False  # A sample that ended early stops counting.
   np.testing.assert_array_equal(metrics.branching(tokens, mask), [1, 1, 1, 2])
+
+
+def test_top_label_share_by_counting():
+  labels = np.array([[0, 0, 1, -1],    # 2 of 3 valid -> 2/3
+                     [3, 4, 5, 6],     # all distinct -> 1/4
+                     [-1, -1, -1, -1],  # none valid -> 0
+                     [2, 2, 2, 2]])    # one strategy -> 1
+  assert metrics.top_label_share(labels) == pytest.approx(
+      (2 / 3 + 1 / 4 + 0 + 1) / 4)
+
+
+def test_skew_weights_follow_zipf():
+  w = metrics.skew_weights(4, 1.0)
+  raw = np.array([1, 1 / 2, 1 / 3, 1 / 4])
+  np.testing.assert_allclose(w, raw / raw.sum())
+  np.testing.assert_allclose(metrics.skew_weights(5, 0.0), np.full(5, 0.2))

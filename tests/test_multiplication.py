@@ -66,3 +66,39 @@ def test_splits_and_corpus():
   assert 0.6 < rewards.mean() < 0.95
   patterns = {mul.pattern(r) for _, r in pairs}
   assert patterns == set(range(7))
+
+
+def test_corpus_skew_zero_reproduces_the_uniform_corpus_draw_for_draw():
+  """The pre-skew generator, re-implemented: one uniform pattern draw per
+  operand pair, redrawn when the pattern does not apply."""
+  t = tasks.get("multiplication", corpus_skew=0.0, mistake_rate=0.0)
+  rng = np.random.default_rng([3, 2])  # [seed, the corpus split]
+  want = []
+  while len(want) < 300:
+    a, b = int(rng.integers(11, 100)), int(rng.integers(3, 20))
+    text = mul.worked(a, b, int(rng.integers(len(mul.PATTERN_NAMES))))
+    if text is not None:
+      assert rng.random() >= 0.0  # The mistake draw (mistake_rate 0).
+      want.append((f"{a}*{b}=", text))
+  assert t.corpus(3, 300) == want
+
+
+def test_corpus_skew_frequencies_follow_the_formula():
+  """Pattern of rank r in SKEW_ORDER is drawn with weight (r + 1)^-s and
+  kept when it applies to the operands, so its corpus frequency is
+  w_r a_r / sum_j w_j a_j, a_r its applicability over all operand pairs
+  (enumerated)."""
+  s = 1.5
+  pairs = [(a, b) for a in range(11, 100) for b in range(3, 20)]
+  applies = np.array([np.mean([mul.worked(a, b, lab) is not None
+                               for a, b in pairs]) for lab in mul.SKEW_ORDER])
+  w = np.arange(1, 8, dtype=float) ** -s
+  want = w * applies / (w * applies).sum()
+  n = 20000
+  corpus = tasks.get("multiplication", corpus_skew=s,
+                     mistake_rate=0.0).corpus(0, n)
+  counts = np.bincount([mul.pattern(r) for _, r in corpus], minlength=7)
+  got = counts[list(mul.SKEW_ORDER)] / n
+  sigma = np.sqrt(want * (1 - want) / n)
+  assert np.all(np.abs(got - want) < 5 * sigma + 1e-9), (got, want)
+  assert got[0] > 0.5  # A dominant strategy and a tail.

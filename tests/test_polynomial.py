@@ -78,3 +78,40 @@ def test_solutions_enumerates_sums_of_squares():
   assert sorted(solutions("sq", (25,), -5, 5)) == sorted(
       [(x, y) for x in range(-5, 6) for y in range(-5, 6)
        if x * x + y * y == 25])
+
+
+def test_corpus_skew_zero_reproduces_the_uniform_corpus_draw_for_draw():
+  t = tasks.get("polynomial", corpus_skew=0.0, mistake_rate=0.0)
+  rng = np.random.default_rng([5, 2])  # [seed, the corpus split]
+  want = []
+  for _ in range(300):
+    family, coefs, lo, hi, sols = t._problem(rng, rng.random() < 0.5)
+    x, y = sols[int(rng.integers(len(sols)))]
+    assert rng.random() >= 0.0  # The mistake draw (mistake_rate 0).
+    want.append((t.format_prompt(family, coefs, lo, hi), f"({x},{y})"))
+  assert t.corpus(5, 300) == want
+
+
+def test_corpus_skew_frequencies_follow_the_formula():
+  """The answer of rank r (by |x|, x = 0 first, positive x before negative,
+  then positive y first) among a problem's n solutions (enumerated) has probability w_r / sum_{j<n} w_j,
+  w_r = (r + 1)^-s: its expected count is that summed over the corpus."""
+  from poly_epo.tasks.polynomial import PolynomialTask
+  s, n = 2.0, 6000
+  t = tasks.get("polynomial", corpus_skew=s, mistake_rate=0.0)
+  got, want = np.zeros(8), np.zeros(8)
+  zero_share = []
+  for prompt, answer in t.corpus(1, n):
+    _, holds, lo, hi = PolynomialTask.parse_prompt(prompt)
+    sols = sorted(((x, y) for x in range(lo, hi + 1)
+                   for y in range(-300, 301) if holds(x, y)),
+                  key=lambda p: (abs(p[0]), -p[0], -p[1]))
+    x, y = (int(v) for v in answer.strip("()").split(","))
+    got[sols.index((x, y))] += 1
+    w = np.arange(1, len(sols) + 1, dtype=float) ** -s
+    want[:len(sols)] += w / w.sum()
+    if sols[0][0] == 0:
+      zero_share.append(x == 0)
+  sigma = np.sqrt(want)  # Poisson-ish bound per rank.
+  assert np.all(np.abs(got - want) < 5 * sigma + 1), (got, want)
+  assert np.mean(zero_share) > 0.5  # x = 0 dominates where it solves.

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from poly_epo import evaluate, tasks
+from poly_epo import evaluation, tasks
 from poly_epo.judges.base import JudgeResult
 from poly_epo.scoring import StepScorer
 from poly_epo.tokenizer import char_tokenizer, decode_completions
@@ -69,7 +69,7 @@ def test_scored_while_decoding_equals_scored_after():
       np.testing.assert_array_equal(a, b)
   # And both equal the task's own scoring of the whole batch.
   texts = decode_completions(tok, tokens, mask)
-  rewards, labels = evaluate.score(task, prompts, texts)
+  rewards, labels = evaluation.score(task, prompts, texts)
   np.testing.assert_array_equal(after[0], rewards)
   assert 0.2 < rewards.mean() < 0.9  # Both correct and wrong answers.
   np.testing.assert_array_equal(StepScorer(task, tok, None, prompts).result(

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from poly_epo import config_checks, pretrain, trainer
+from poly_epo import config_checks, evaluation, pretrain, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +83,7 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
   assert summary["policy_hf"] and os.path.exists(
       os.path.join(summary["policy_hf"], "model.safetensors"))
   assert summary["trained"]["pass@1"] >= 0
-  assert "pass@4" in trainer.format_table(summary)
+  assert "pass@4" in evaluation.format_summary(summary)
   # The same workdir with a different config is refused...
   with pytest.raises(ValueError, match="different config.*algorithm"):
     trainer.train(_config(workdir=str(tmp_path / "run"), base_policy=base,

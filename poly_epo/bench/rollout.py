@@ -44,7 +44,7 @@ from poly_epo.models import init_model, preset
 EOS = 1
 # Per preset: prompts, samples, prompt width, new tokens, static chunk.
 DEFAULTS = {"bench-s": (64, 8, 32, 256, 8), "bench-m": (32, 8, 32, 128, 4),
-            "qwen3-0.6b": (64, 8, 128, 512, 16)}
+            "qwen3-0.6b": (32, 8, 64, 384, 8)}
 
 
 def _parse(argv):

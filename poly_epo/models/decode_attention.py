@@ -22,6 +22,7 @@ Implementations (`rollout.attention`):
   that run in parallel. On CPU it runs in Pallas's interpret mode (tests
   only: slow); TPU is refused (its Pallas kernels need a paged, kv-head-major
   cache: docs/ROLLOUT.md).
+- "auto": "pallas" on GPU, "window" elsewhere.
 
 Exactness: a wider window only appends masked slots, whose probabilities
 and values are exact zeros, and the max is order-free; so a row's output
@@ -38,7 +39,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("window", "full", "ragged", "pallas")
+IMPLEMENTATIONS = ("window", "full", "ragged", "pallas", "auto")
 
 
 def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
@@ -148,7 +149,8 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
       per-row key write is an in-place scatter; transposed keys make XLA
       TPU copy the whole cache); v_NKCH: values.
     length_N: int32 [N] filled slots per row (the new token included).
-    impl: "window" | "full" | "ragged" | "pallas" (the module docstring).
+    impl: "window" | "full" | "ragged" | "pallas" | "auto" (the module
+      docstring).
     block: slots per block; C must be a multiple of it (all but "full").
     window: a static number of slots to read instead of the batch's fill
       (cost models); rows must not be longer.
@@ -159,6 +161,8 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"rollout.attention={impl!r} must be one of "
                      f"{IMPLEMENTATIONS}")
+  if impl == "auto":
+    impl = "pallas" if jax.default_backend() == "gpu" else "window"
   if impl == "full":
     return _full(q_NKGH, k_NKHC, v_NKCH, length_N, keys_ch)
   if cache_len(v_NKCH) % block:

@@ -26,6 +26,7 @@ import re
 import numpy as np
 
 from poly_epo.labels import DEGENERATE
+from poly_epo.metrics import skew_weights
 from poly_epo.tasks.base import Task, register_task
 
 DIRECT, FIRST_ADD, FIRST_SUB, SECOND_ADD, SECOND_SUB, BOTH_SPLIT, FACTOR = \
@@ -44,6 +45,10 @@ _FIRST_STEP = (
 )
 _PROMPT = re.compile(r"\s*([0-9]{1,4})\s*\*\s*([0-9]{1,4})\s*=\s*")
 _SPLIT_IDS = {"train": 0, "heldout": 1, "corpus": 2}
+# The corpus_skew order, most frequent first: the textbook split of the
+# first operand, then the others (a pretrained LM's dominant mode and tail).
+SKEW_ORDER = (FIRST_ADD, SECOND_ADD, DIRECT, BOTH_SPLIT, FIRST_SUB,
+              SECOND_SUB, FACTOR)
 
 
 def normalise(text: str) -> str:
@@ -100,15 +105,24 @@ def worked(a: int, b: int, label: int) -> str | None:
 
 @register_task("multiplication")
 class MultiplicationTask(Task):
-  """See the module docstring. Option: `mistake_rate` of corpus answers."""
+  """See the module docstring. Options: `mistake_rate` of corpus answers;
+  `corpus_skew` (0: every pattern equally often where it applies; s > 0:
+  the pattern of rank r in SKEW_ORDER drawn with weight (r + 1)^-s, redrawn
+  with the operands when it does not apply to them)."""
 
   embedded = True
   alphabet = "0123456789+-*=()"
   max_response_chars = 128
+  label_names = PATTERN_NAMES  # Labels are pattern ids, the same everywhere.
 
-  def __init__(self, mistake_rate: float = 0.3):
+  def __init__(self, mistake_rate: float = 0.3, corpus_skew: float = 0.0):
     super().__init__()
+    if not 0 <= corpus_skew <= 10:
+      raise ValueError(f"multiplication: corpus_skew={corpus_skew} not in "
+                       "[0, 10]")
     self.mistake_rate = mistake_rate
+    self.corpus_skew = float(corpus_skew)
+    self._skew_p = skew_weights(len(SKEW_ORDER), self.corpus_skew)
 
   def _pairs(self, rng, split: str):
     while True:
@@ -122,13 +136,18 @@ class MultiplicationTask(Task):
                                      for _ in range(count))]
 
   def corpus(self, seed, count):
-    """Attempts in every applicable pattern, `mistake_rate` of them with one
-    wrong number (an intermediate or the result)."""
+    """Attempts in every applicable pattern (uniformly, or by
+    `corpus_skew`), `mistake_rate` of them with one wrong number (an
+    intermediate or the result)."""
     rng = np.random.default_rng([seed, _SPLIT_IDS["corpus"]])
     out = []
     while len(out) < count:
       a, b = self._pairs(rng, "corpus")
-      text = worked(a, b, int(rng.integers(len(PATTERN_NAMES))))
+      if self.corpus_skew:
+        label = SKEW_ORDER[int(rng.choice(len(SKEW_ORDER), p=self._skew_p))]
+      else:  # Today's corpus, draw for draw.
+        label = int(rng.integers(len(PATTERN_NAMES)))
+      text = worked(a, b, label)
       if text is None:
         continue
       if rng.random() < self.mistake_rate:

@@ -21,6 +21,7 @@ import re
 
 import numpy as np
 
+from poly_epo.metrics import skew_weights
 from poly_epo.tasks.base import Task, labels_by_answer, register_task
 
 _ANSWER = re.compile(r"\s*\((-?[0-9]{1,4}),(-?[0-9]{1,7})\)\s*")
@@ -95,18 +96,31 @@ def solutions(family: str, coefs: tuple, lo: int, hi: int) -> list:
   return out
 
 
+def skew_rank(solution) -> tuple:
+  """The corpus_skew order of a solution (x, y): x = 0, 1, -1, 2, -2, ...,
+  and y > 0 before y < 0 at the same x."""
+  return abs(solution[0]), -solution[0], -solution[1]
+
+
 @register_task("polynomial")
 class PolynomialTask(Task):
   """See the module docstring. Options: `max_abs_x` (range bound),
-  `mistake_rate` (share of wrong corpus answers), `families`."""
+  `mistake_rate` (share of wrong corpus answers), `families`, `corpus_skew`
+  (0: corpus answers uniform over a problem's solutions; s > 0: the
+  solution of rank r by |x| (x = 0 first, then 1, -1, 2, -2, ...) drawn with
+  weight (r + 1)^-s, so the base prefers x = 0, the shortcut, like a
+  pretrained LM's dominant mode, and knows the others rarely)."""
 
   embedded = True
   alphabet = "0123456789-+*^=xy(), in[]:"
   max_response_chars = 64
 
   def __init__(self, max_abs_x: int = 6, mistake_rate: float = 0.3,
-               families: tuple = FAMILIES):
+               families: tuple = FAMILIES, corpus_skew: float = 0.0):
     super().__init__()
+    if not 0 <= corpus_skew <= 10:
+      raise ValueError(f"polynomial: corpus_skew={corpus_skew} not in [0, 10]")
+    self.corpus_skew = float(corpus_skew)
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
       raise ValueError(f"polynomial: unknown families {bad}; use {FAMILIES}")
@@ -157,13 +171,19 @@ class PolynomialTask(Task):
             for _ in range(count)]
 
   def corpus(self, seed, count):
-    """Broad, unrefined attempts: prompts with both kinds of range, answers
-    spread uniformly over the solutions, `mistake_rate` of them wrong."""
+    """Unrefined attempts: prompts with both kinds of range, answers spread
+    over the solutions (uniformly, or by `corpus_skew`), `mistake_rate` of
+    them wrong."""
     rng = np.random.default_rng([seed, _SPLIT_IDS["corpus"]])
     out = []
     for _ in range(count):
       family, coefs, lo, hi, sols = self._problem(rng, rng.random() < 0.5)
-      x, y = sols[int(rng.integers(len(sols)))]
+      if self.corpus_skew:
+        ranked = sorted(sols, key=skew_rank)
+        x, y = ranked[int(rng.choice(len(ranked), p=skew_weights(
+            len(ranked), self.corpus_skew)))]
+      else:  # Today's corpus, draw for draw.
+        x, y = sols[int(rng.integers(len(sols)))]
       if rng.random() < self.mistake_rate:
         if rng.random() < 0.7:
           y += int(rng.choice([-3, -2, -1, 1, 2, 3]))
