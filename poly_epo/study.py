@@ -92,8 +92,9 @@ def aggregate(per_seed: list[dict]) -> dict:
       vals.update({f"vote_share@{k}": v
                    for k, v in rep["vote_share@k"].items()})
       for key in ("distinct_correct", "distinct_all", "any_correct",
-                  "first_fork"):
-        vals[key] = rep[key]
+                  "first_fork", "top_strategy_share"):
+        if key in rep:  # (top_strategy_share: evaluations since issue 16.)
+          vals[key] = rep[key]
       for key, v in vals.items():
         row.setdefault(key, []).append(float(v))
   return {name: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)),
@@ -121,6 +122,57 @@ def mean_reports(per_seed: list[dict]) -> dict:
           for name, reps in out.items()}
 
 
+def ambitions(per_seed: list[dict], large_k: int = 16) -> dict:
+  """The demo's claims against the base policy, on seed means (issue 16):
+
+  - pass1_rises: Poly-EPO's pass@1 above the base's;
+  - coverage_kept: its pass@k at or above the base's for every k >= large_k
+    (the worst gap and where);
+  - distinct_vs_base: its distinct correct strategies at or above the
+    base's; distinct_vs_drgrpo: at least 1.5x Dr.GRPO's;
+  - baselines_below_base: GRPO's and Dr.GRPO's pass@m below the base's
+    (claim (b)).
+  Each entry: {"met": bool, ...numbers}; absent when a policy is missing."""
+  reps = mean_reports(per_seed)
+  out = {}
+  base, poly = reps.get("base"), reps.get("polyepo")
+  if not (base and poly):
+    return out
+  curve = lambda r: {int(k): v for k, v in r["pass@k"].items()}
+  b, p = curve(base), curve(poly)
+  m = max(b)
+  out["pass1_rises"] = {"met": p[1] > b[1], "polyepo": p[1], "base": b[1]}
+  gaps = {k: p[k] - b[k] for k in b if k >= large_k}
+  if gaps:
+    worst = min(gaps, key=gaps.get)
+    out["coverage_kept"] = {"met": gaps[worst] >= 0, "worst_k": worst,
+                            "worst_gap": gaps[worst],
+                            "gap_at_m": gaps[m]}
+  dp, db = poly["distinct_correct"], base["distinct_correct"]
+  out["distinct_vs_base"] = {"met": dp >= db, "polyepo": dp, "base": db,
+                             "ratio": dp / db if db else float("inf")}
+  if "drgrpo" in reps:
+    dd = reps["drgrpo"]["distinct_correct"]
+    ratio = dp / dd if dd else float("inf")
+    out["distinct_vs_drgrpo"] = {"met": ratio >= 1.5, "ratio": ratio,
+                                 "drgrpo": dd}
+  below = {n: curve(reps[n])[m] for n in ("grpo", "drgrpo") if n in reps}
+  if below:
+    out["baselines_below_base"] = {
+        "met": all(v < b[m] for v in below.values()), "k": m,
+        "base": b[m], **below}
+  return out
+
+
+def ambitions_markdown(amb: dict) -> str:
+  lines = []
+  for name, a in amb.items():
+    nums = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in a.items() if k != "met")
+    lines.append(f"- {name}: {'met' if a['met'] else 'not met'} ({nums})")
+  return "\n".join(lines) + ("\n" if lines else "")
+
+
 def markdown(agg: dict, samples: int, task: str, seeds: int) -> str:
   ks = [k for k in TABLE_KS if k <= samples]
   cols = [f"pass@{k}" for k in ks] + [
@@ -146,8 +198,10 @@ def run_study(cfg, *, seeds: int, algorithms, out: str, samples: int,
   per_seed = [run_seed(cfg, s, algorithms, out, samples, log)
               for s in range(seeds)]
   agg = aggregate(per_seed)
+  amb = ambitions(per_seed)
   result = {"task": cfg.task.name, "seeds": seeds, "samples": samples,
             "algorithms": list(algorithms), "aggregate": agg,
+            "ambitions": amb,
             "per_seed": per_seed,
             "wall_seconds_this_call": time.perf_counter() - t0}
   tmp = os.path.join(out, "study.json.tmp")
@@ -155,7 +209,8 @@ def run_study(cfg, *, seeds: int, algorithms, out: str, samples: int,
     json.dump(result, f, indent=1)
   os.replace(tmp, os.path.join(out, "study.json"))
   with open(os.path.join(out, "study.md"), "w") as f:
-    f.write(markdown(agg, samples, cfg.task.name, seeds))
+    f.write(markdown(agg, samples, cfg.task.name, seeds) + "\n" +
+            ambitions_markdown(amb))
   plot_dir = os.path.join(out, "plots")
   plots.plot_eval(mean_reports(per_seed), plot_dir)
   plots.plot_runs([os.path.join(out, "seed0", a) for a in algorithms],
@@ -190,6 +245,7 @@ def main(argv):
   res = run_study(cfg, seeds=f.seeds, algorithms=algorithms, out=out,
                   samples=f.samples)
   print(markdown(res["aggregate"], f.samples, cfg.task.name, f.seeds))
+  print(ambitions_markdown(res["ambitions"]))
   print(f"wrote {out}/study.json, {out}/study.md, {out}/plots/")
   return 0
 

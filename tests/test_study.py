@@ -47,3 +47,38 @@ def test_study_writes_outputs_and_resumes_after_a_kill(tmp_path):
   steps = [json.loads(l)["step"] for l in open(os.path.join(
       out, "seed0", "polyepo", "metrics.jsonl")) if "train/loss" in l]
   assert steps == list(range(6))
+
+
+def _report(curve, distinct):
+  """A minimal eval.json policy entry: pass@k for k = 1..len(curve)."""
+  m = len(curve)
+  return {"pass@k": {str(k): curve[k - 1] for k in range(1, m + 1)},
+          "majority@k": {"1": 0.0}, "vote_share@k": {"1": 1.0},
+          "distinct_correct": distinct, "distinct_all": distinct,
+          "branching": [1.0], "first_fork": 1.0, "any_correct": 1.0}
+
+
+def test_ambitions_read_the_seed_means():
+  """Two seeds, m = 32: Poly-EPO's mean curve is above the base's from k=16
+  on only in seed means (seed 1 alone dips below at k=32), its distinct
+  count is 2x Dr.GRPO's; GRPO ends below the base, Dr.GRPO does not."""
+  from poly_epo import study
+  ramp = lambda lo, hi: [lo + (hi - lo) * (k - 1) / 31 for k in range(1, 33)]
+  seeds = []
+  for poly_end in (0.98, 0.94):
+    seeds.append({"samples": 32, "policies": {
+        "base": _report(ramp(0.2, 0.95), 2.0),
+        "polyepo/policy": _report(ramp(0.3, poly_end), 2.2),
+        "drgrpo/policy": _report(ramp(0.3, 0.96), 1.1),
+        "grpo/policy": _report(ramp(0.3, 0.90), 1.0)}})
+  amb = study.ambitions(seeds)
+  assert amb["pass1_rises"]["met"]
+  assert amb["coverage_kept"]["met"]  # Mean end 0.96 >= 0.95.
+  assert abs(amb["coverage_kept"]["gap_at_m"] - 0.01) < 1e-9
+  assert amb["distinct_vs_base"]["met"]
+  assert abs(amb["distinct_vs_drgrpo"]["ratio"] - 2.2 / 1.1) < 1e-9
+  assert amb["distinct_vs_drgrpo"]["met"]
+  assert not amb["baselines_below_base"]["met"]  # Dr.GRPO 0.96 > 0.95.
+  # One seed alone: seed 1's Poly-EPO ends at 0.94 < 0.95.
+  assert not study.ambitions(seeds[1:])["coverage_kept"]["met"]
+  assert "coverage_kept: met" in study.ambitions_markdown(amb)
