@@ -19,6 +19,8 @@ def get_config():
   c.task.options.corpus_skew = 0.0  # 0: the corpus draws strategies
   # uniformly; s > 0: Zipf-like, rank r with weight (r + 1)^-s (a dominant
   # strategy and rare others, like a pretrained LM's).
+  c.rollout.engine = "static"  # 12-token responses that mostly end
+  # together: lock-step chunks cost least (docs/ROLLOUT.md).
   c.max_prompt_tokens = 32
   c.max_new_tokens = 12
   return c

@@ -80,13 +80,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout = ml_collections.ConfigDict()
   c.rollout.chunk_prompts = 0  # Prompts per generate call, over all
   # processes (0 = the whole batch): bounds the KV cache; samples unchanged.
-  c.rollout.engine = "static"  # static (lock-step chunks) | continuous
-  # (decode slots refilled from the whole batch's queue; docs/ROLLOUT.md).
-  # Same tokens either way; continuous wins on long, ragged responses.
+  c.rollout.engine = "continuous"  # continuous (decode slots refilled
+  # from the whole batch's queue; docs/ROLLOUT.md) | static (lock-step
+  # chunks). Same tokens either way; continuous wins on long, ragged
+  # responses (1.3-1.5x on CPU, 2.4x with the GPU kernel), static on short
+  # equal ones (the embedded configs set it).
   c.rollout.slots = 0  # Continuous decode slots over all devices (0 =
   # chunk_prompts x num_samples: the static engine's memory).
   c.rollout.refill = 1  # Prompts prefilled per refill (continuous).
-  c.rollout.attention = "window"  # Decode attention: window (the filled
+  c.rollout.attention = "auto"  # Decode attention: window (the filled
   # blocks) | full (every cache slot) | ragged (each row its own blocks) |
   # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |
   # auto (pallas on GPU, else window).
