@@ -1,6 +1,7 @@
 """`python -m poly_epo.study --task polynomial|multiplication --seeds 3
 [--algorithms polyepo,drgrpo,grpo] [--samples 256] [--out <dir>]`
-(or `--config configs/<exp>.py [--config.field=value ...]` instead of --task)
+(or `--config configs/<exp>.py [--config.field=value ...]` instead of --task;
+`--compare DIR [--compare DIR ...]` prints finished studies side by side)
 
 The multi-seed comparison of DESIGN 3.6, in one command. Per seed: pretrain
 the base policy once (seed s), train every algorithm from it (seed s), then
@@ -190,6 +191,35 @@ def markdown(agg: dict, samples: int, task: str, seeds: int) -> str:
   return "\n".join(lines) + "\n"
 
 
+def compare_markdown(folders) -> str:
+  """The sensitivity table over finished studies (one row per study and
+  policy: seed means of pass@1/16/256, distinct correct, the dominant
+  strategy's share) and each study's ambitions met, recomputed from its
+  per-seed evaluations (`python -m poly_epo.study --compare DIR ...`)."""
+  cols = ("pass@1", "pass@16", "pass@256", "distinct_correct",
+          "top_strategy_share")
+  lines = ["| study | seeds | policy | " + " | ".join(
+      c.replace("_", " ") for c in cols) + " |", "|" + "---|" * (3 +
+                                                               len(cols))]
+  notes = []
+  for folder in folders:
+    path = os.path.join(folder, "study.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"--compare {folder}: no {path}")
+    with open(path) as f:
+      res = json.load(f)
+    name = os.path.basename(os.path.normpath(folder))
+    for policy, row in res["aggregate"].items():
+      cells = [f"{row[c]['mean']:.3f}" if c in row else "-" for c in cols]
+      lines.append(f"| {name} | {res['seeds']} | {policy} | " +
+                   " | ".join(cells) + " |")
+    amb = ambitions(res["per_seed"])
+    met = [k for k, a in amb.items() if a["met"]]
+    notes.append(f"- {name}: {len(met)} of {len(amb)} ambitions met"
+                 + (f" ({', '.join(met)})" if met else ""))
+  return "\n".join(lines + [""] + notes) + "\n"
+
+
 def run_study(cfg, *, seeds: int, algorithms, out: str, samples: int,
               log=print) -> dict:
   from poly_epo import plots
@@ -223,6 +253,13 @@ def main(argv):
   from absl import flags, logging
   logging.set_verbosity(logging.WARNING)
   f = flags.FLAGS
+  if f.compare:
+    try:
+      print(compare_markdown(f.compare))
+    except FileNotFoundError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
+    return 0
   cfg = f.config
   if cfg is None:
     if not f.task:
@@ -261,5 +298,7 @@ if __name__ == "__main__":
                       "comma-separated algorithms")
   flags.DEFINE_integer("samples", 256, "samples per held-out prompt")
   flags.DEFINE_string("out", "", "output folder (default runs/study_<task>)")
+  flags.DEFINE_multi_string("compare", [], "finished study folders: print "
+                            "their sensitivity table and ambitions instead")
   from poly_epo.cli import parse_flags
   sys.exit(app.run(main, flags_parser=parse_flags))

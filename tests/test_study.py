@@ -82,3 +82,23 @@ def test_ambitions_read_the_seed_means():
   # One seed alone: seed 1's Poly-EPO ends at 0.94 < 0.95.
   assert not study.ambitions(seeds[1:])["coverage_kept"]["met"]
   assert "coverage_kept: met" in study.ambitions_markdown(amb)
+
+
+def test_compare_prints_each_study_and_its_ambitions(tmp_path):
+  from poly_epo import study
+  ramp = lambda lo, hi: [lo + (hi - lo) * (k - 1) / 31 for k in range(1, 33)]
+  per_seed = [{"samples": 32, "policies": {
+      "base": _report(ramp(0.2, 0.95), 2.0),
+      "polyepo/policy": _report(ramp(0.3, 0.90), 2.2)}}]
+  folder = tmp_path / "study_x"
+  folder.mkdir()
+  (folder / "study.json").write_text(json.dumps(
+      {"seeds": 1, "aggregate": study.aggregate(per_seed),
+       "per_seed": per_seed}))
+  text = study.compare_markdown([str(folder)])
+  assert "| study_x | 1 | polyepo | 0.300 | " in text
+  assert "study_x: 2 of 3 ambitions met (pass1_rises, distinct_vs_base)" \
+      in text
+  import pytest
+  with pytest.raises(FileNotFoundError, match="no .*study.json"):
+    study.compare_markdown([str(tmp_path)])
