@@ -4,10 +4,12 @@ in docs/RESULTS.md: `--config configs/study_variants.py:<task>,<variant>`.
 Variants: `n16` (N=16 responses per prompt, n=4, 16 prompts per step: the
 same 256 sequences), `multi_cluster` (Poly-EPO's d(S)=0 when a set holds one
 strategy), `sym_clip` (the authors' symmetric 0.2/0.2 clip for Dr.GRPO and
-GRPO), `long` (240 steps), `low_lr` (lr 1e-4), `skew` (a base pretrained
-on a skewed corpus, `task.options.corpus_skew=1.5`: a dominant strategy and
-rare others, like a pretrained LM), `base` (unchanged). Join variants with
-`+` (`skew+low_lr`).
+GRPO), `long` (240 steps), `low_lr` (lr 1e-4), `high_lr` (lr 3e-4),
+`skew` (a base pretrained on a skewed corpus, `task.options.corpus_skew=
+1.5`: a dominant strategy and rare others, like a pretrained LM), `uniform`
+(`corpus_skew=0`: the broad corpus), `base` (unchanged). Join variants with
+`+` (`uniform+high_lr`). Each sets its value explicitly, so a variant
+means the same whatever the task config's defaults.
 """
 
 import importlib.util
@@ -44,8 +46,12 @@ def _apply(c, variant: str) -> None:
     c.steps = 240
   elif variant == "low_lr":
     c.lr = 1e-4
+  elif variant == "high_lr":
+    c.lr = 3e-4
   elif variant == "skew":
     c.task.options.corpus_skew = SKEW
+  elif variant == "uniform":
+    c.task.options.corpus_skew = 0.0
   elif variant != "base":
     raise ValueError(f"configs/study_variants.py: unknown variant "
                      f"{variant!r}")
