@@ -129,6 +129,16 @@ def pretrain(cfg, progress: bool = True) -> dict:
   return summary
 
 
+def strategy_line(summary: dict) -> str:
+  """The base's own strategy distribution, in one line."""
+  shares = summary.get("heldout_strategy_shares")
+  return (f"strategies: the dominant one's share per prompt "
+          f"{summary['heldout_top_strategy_share']:.3f}" + (
+              "; shares " + json.dumps({k: round(v, 3)
+                                        for k, v in shares.items()})
+              if shares else ""))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO.
@@ -143,11 +153,7 @@ def main(argv):
   print(f"held-out ({s['eval_prompts']} prompts x {m} samples): "
         f"pass@1 {s['heldout_pass@1']:.3f}  pass@{m} {s[f'heldout_pass@{m}']:.3f}"
         f"  distinct correct answers {s['heldout_distinct_correct']:.2f}")
-  print(f"strategies: the dominant one's share per prompt "
-        f"{s['heldout_top_strategy_share']:.3f}" + (
-            "; shares " + json.dumps({k: round(v, 3) for k, v in
-                                      s["heldout_strategy_shares"].items()})
-            if s["heldout_strategy_shares"] else ""))
+  print(strategy_line(s))
   print("pass@k: " + json.dumps({k: round(v, 3)
                                   for k, v in s["heldout_pass@k"].items()
                                   if int(k) & (int(k) - 1) == 0 or

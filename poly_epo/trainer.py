@@ -56,7 +56,7 @@ def base_policy(cfg, mesh=None, progress: bool = True):
       print(f"no base policy at {path}: pretraining one")
       s = pretrain.pretrain(cfg, progress=progress)
       print(f"pretrained in {s['total_seconds']:.0f} s: held-out pass@1 "
-            f"{s['heldout_pass@1']:.3f}")
+            f"{s['heldout_pass@1']:.3f}; {pretrain.strategy_line(s)}")
     distributed.barrier("pretrain")
   model, tok, _ = checkpointing.load_any(path, mesh, **model_overrides(cfg))
   return model, tok

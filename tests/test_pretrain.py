@@ -39,6 +39,17 @@ def test_pretrain_writes_a_loadable_deterministic_policy(tmp_path, task):
   np.testing.assert_array_equal(np.asarray(model(tokens)),
                                 np.asarray(model2(tokens)))
   json.dumps(meta)  # Summary is plain JSON.
+  # The base's own strategy distribution: a share per prompt in [1/m, 1]
+  # (or 0 when nothing parses), and named pattern shares summing to 1 where
+  # the task's labels are named (multiplication).
+  top = summary["heldout_top_strategy_share"]
+  assert top == 0 or 1 / 4 <= top <= 1
+  shares = summary["heldout_strategy_shares"]
+  if task == "multiplication":
+    assert abs(sum(shares.values()) - 1) < 1e-9
+    assert "first_add" in pretrain.strategy_line(summary)
+  else:
+    assert shares is None
 
 
 def test_encode_corpus_masks_only_the_response():
