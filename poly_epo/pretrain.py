@@ -108,9 +108,9 @@ def pretrain(cfg, progress: bool = True) -> dict:
   train_seconds = time.perf_counter() - t_start
   prompts = task.heldout_prompts(cfg.seed, pc.eval_prompts)
   ev = evaluation.evaluate(model, tokenizer, task, prompts,
-                         num_samples=pc.eval_samples,
-                         max_new_tokens=cfg.max_new_tokens,
-                         temperature=1.0, seed=cfg.seed, progress=progress)
+                           num_samples=pc.eval_samples,
+                           max_new_tokens=cfg.max_new_tokens,
+                           temperature=1.0, seed=cfg.seed, progress=progress)
   m = pc.eval_samples
   summary = {"task": cfg.task.name, "params": model.cfg.num_params,
              "steps": pc.steps, "final_loss": losses[-1],

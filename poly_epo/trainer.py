@@ -240,11 +240,11 @@ def run_eval(run: Run, params, sets: dict) -> dict:
   out = {}
   for name, prompts in sets.items():
     ev = evaluation.evaluate(run.model(params), run.tok, run.task, prompts,
-                           num_samples=cfg.eval_samples,
-                           max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, seed=cfg.seed,
-                           mesh=run.mesh, compute_dtype=cfg.model.dtype,
-                           batch_prompts=cfg.rollout.chunk_prompts or 64)
+                             num_samples=cfg.eval_samples,
+                             max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, seed=cfg.seed,
+                             mesh=run.mesh, compute_dtype=cfg.model.dtype,
+                             batch_prompts=cfg.rollout.chunk_prompts or 64)
     out[name] = evaluation.metrics_row(ev, cfg.eval_samples)
   return out
 

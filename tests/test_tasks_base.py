@@ -13,6 +13,9 @@ def test_registry_has_builtins_and_errors():
     tasks.get("nope")
   with pytest.raises(ValueError, match="bad options"):
     tasks.get("polynomial", colour="red")
+  for name in ("polynomial", "multiplication"):
+    with pytest.raises(ValueError, match=rf"{name}: corpus_skew=-1 not in"):
+      tasks.get(name, corpus_skew=-1)
 
 
 def test_user_task_without_editing_the_package():

@@ -133,6 +133,13 @@ def identity(name: str, options) -> dict:
           "options": json.loads(json.dumps(opts, sort_keys=True, default=str))}
 
 
+def check_corpus_skew(task: str, skew: float) -> float:
+  """A task's `corpus_skew` option, checked: in [0, 10] (0 = uniform)."""
+  if not 0 <= skew <= 10:
+    raise ValueError(f"{task}: corpus_skew={skew} not in [0, 10]")
+  return float(skew)
+
+
 def labels_by_answer(answers: Sequence[str | None]) -> list[int]:
   """Distinct final answers -> labels 0, 1, ... by first occurrence;
   None (unparseable) -> DEGENERATE."""

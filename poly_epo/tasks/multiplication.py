@@ -27,7 +27,7 @@ import numpy as np
 
 from poly_epo.labels import DEGENERATE
 from poly_epo.metrics import skew_weights
-from poly_epo.tasks.base import Task, register_task
+from poly_epo.tasks.base import Task, check_corpus_skew, register_task
 
 DIRECT, FIRST_ADD, FIRST_SUB, SECOND_ADD, SECOND_SUB, BOTH_SPLIT, FACTOR = \
     range(7)
@@ -117,11 +117,8 @@ class MultiplicationTask(Task):
 
   def __init__(self, mistake_rate: float = 0.3, corpus_skew: float = 0.0):
     super().__init__()
-    if not 0 <= corpus_skew <= 10:
-      raise ValueError(f"multiplication: corpus_skew={corpus_skew} not in "
-                       "[0, 10]")
     self.mistake_rate = mistake_rate
-    self.corpus_skew = float(corpus_skew)
+    self.corpus_skew = check_corpus_skew("multiplication", corpus_skew)
     self._skew_p = skew_weights(len(SKEW_ORDER), self.corpus_skew)
 
   def _pairs(self, rng, split: str):

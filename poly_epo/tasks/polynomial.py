@@ -22,7 +22,8 @@ import re
 import numpy as np
 
 from poly_epo.metrics import skew_weights
-from poly_epo.tasks.base import Task, labels_by_answer, register_task
+from poly_epo.tasks.base import (Task, check_corpus_skew, labels_by_answer,
+                                 register_task)
 
 _ANSWER = re.compile(r"\s*\((-?[0-9]{1,4}),(-?[0-9]{1,7})\)\s*")
 _PROMPT = re.compile(
@@ -118,9 +119,7 @@ class PolynomialTask(Task):
   def __init__(self, max_abs_x: int = 6, mistake_rate: float = 0.3,
                families: tuple = FAMILIES, corpus_skew: float = 0.0):
     super().__init__()
-    if not 0 <= corpus_skew <= 10:
-      raise ValueError(f"polynomial: corpus_skew={corpus_skew} not in [0, 10]")
-    self.corpus_skew = float(corpus_skew)
+    self.corpus_skew = check_corpus_skew("polynomial", corpus_skew)
     bad = [f for f in families if f not in FAMILIES]
     if bad or not families:
       raise ValueError(f"polynomial: unknown families {bad}; use {FAMILIES}")
