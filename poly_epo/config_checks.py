@@ -51,6 +51,12 @@ def check_config(cfg) -> None:
   need(r.attention in IMPLEMENTATIONS, "rollout.attention",
        f"{r.attention!r}: one of {IMPLEMENTATIONS}")
   need(r.slots >= 0, "rollout.slots", "must be >= 0")
+  need(r.cache in engine.CACHES, "rollout.cache",
+       f"{r.cache!r}: one of {engine.CACHES}")
+  need(r.page_size >= 0, "rollout.page_size", "must be >= 0")
+  need(r.pages >= 0, "rollout.pages", "must be >= 0")
+  need(r.cache == "paged" or r.attention != "tpu_paged", "rollout.attention",
+       "'tpu_paged' reads a paged cache: set rollout.cache='paged'")
   need(r.refill >= 1, "rollout.refill", "must be >= 1")
   shards = max(jax.device_count() // max(cfg.mesh.tensor, 1), 1)
   need(r.slots == 0 or r.slots // shards >= cfg.num_samples * r.refill,

@@ -91,7 +91,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.attention = "auto"  # Decode attention: window (the filled
   # blocks) | full (every cache slot) | ragged (each row its own blocks) |
   # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |
-  # auto (pallas on GPU, else window).
+  # tpu_paged (JAX's Pallas TPU paged-attention kernel; rollout.cache=paged)
+  # | auto (pallas on GPU, tpu_paged on TPU with the paged cache, else
+  # window).
+  c.rollout.cache = "contiguous"  # KV cache: contiguous (a row per slot) |
+  # paged (a pool of pages: each row holds its own length's pages, a
+  # prompt's k samples share its prompt pages; docs/ROLLOUT.md).
+  c.rollout.page_size = 0  # Slots per page (0 = the attention block).
+  c.rollout.pages = 0  # Pool pages over all devices (0 = the contiguous
+  # cache's memory); fewer pages: refills wait for free ones. Same tokens.
   c.rollout.score_while_decoding = True  # Check answers / judge finished
   # prompts on host threads while the rest decode (same results).
 

@@ -21,6 +21,12 @@ only on that row's tokens (decode attention is exact under any window:
 `models/decode_attention.py`). Slot counts, refill sizes, chunking and
 process counts therefore change no token (tests/test_engine.py).
 
+Cache. `cache="contiguous"`: the layout above. `cache="paged"`: per layer
+a pool of pages shared by the device's slots, a page table per slot, a
+prompt's full pages held once for its k samples, pages handed out when a
+prompt is admitted and returned as each sample ends (`models/paged.py`);
+a refill waits for free pages as it waits for free slots. Same tokens.
+
 On a mesh each device runs its own loop (`shard_map` over the batch axes)
 over its block of prompts and slots, with the sampler's weights replicated
 over those axes: no collective over data/fsdp runs while decoding.
@@ -38,10 +44,12 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from poly_epo import distributed, sharding
+from poly_epo.models import paged
 from poly_epo.models.transformer import init_cache, rope_table
 from poly_epo.sampling import sample_tokens
 
 ENGINES = ("static", "continuous")
+CACHES = ("contiguous", "paged")
 
 
 class Consts(NamedTuple):
@@ -56,8 +64,9 @@ class Consts(NamedTuple):
 class State(NamedTuple):
   """Carry of the decode loop on one device (S slots, B prompts, k samples,
   R = B * k rows, L new tokens). Scalars are [1] arrays (one per device)."""
-  k: tuple  # per layer [S, K, H, C] ([S, K, C, H] with spec.keys_ch)
-  v: tuple  # per layer [S, K, C, H]
+  k: tuple  # per layer [S, K, H, C] ([S, K, C, H] with spec.keys_ch;
+  #            paged: a pool [K, NP + 1, page, H])
+  v: tuple  # per layer [S, K, C, H] (paged: a pool)
   row_S: jax.Array  # int32 row decoded in the slot, -1 = free
   t_S: jax.Array  # int32 index of the next token to sample
   token_S: jax.Array  # int32 last sampled token (written at slot plen + t-1)
@@ -70,6 +79,9 @@ class State(NamedTuple):
   logprobs_RL: jax.Array  # float32 [R + 1, L]
   length_R: jax.Array  # int32 [R + 1] tokens so far (EOS included)
   finished_B: jax.Array  # int32 samples finished per prompt
+  table_SM: jax.Array  # int32 [S, M] page tables (contiguous: [S, 1] unused)
+  refs_P: jax.Array  # int32 [NP + 1] rows holding each page (contiguous: [1])
+  peak_1: jax.Array  # int32 most pages held at once
 
 
 class Spec(NamedTuple):
@@ -90,6 +102,8 @@ class Spec(NamedTuple):
   block: int
   forced_lengths: str = ""  # Benchmarks: "uniform" | "capped" (see below).
   keys_ch: bool = False  # Keys [S, K, C, H] (accelerators), not [S, K, H, C].
+  page: int = 0  # Slots per page of the paged cache (0: contiguous).
+  pages: int = 0  # Pages in the device's pool (paged).
 
 
 def pack_prompts(tokens_BP, mask_BP):
@@ -108,17 +122,27 @@ def pack_prompts(tokens_BP, mask_BP):
 def init_state(cfg, spec: Spec, batch: int) -> State:
   s, length = spec.slots, spec.max_new_tokens
   rows = batch * spec.num_samples
-  cache = init_cache(cfg, s, spec.cache_len)
-  k = tuple(jnp.swapaxes(x, 2, 3) for x in cache.k) if spec.keys_ch \
-      else cache.k
   zi = lambda n: jnp.zeros((n,), jnp.int32)
+  if spec.page:
+    pool = lambda: tuple(
+        jnp.zeros(paged.pool_shape(cfg, spec.pages, spec.page), cfg.dtype)
+        for _ in range(cfg.num_layers))
+    k, v = pool(), pool()
+    table = jnp.full((s, spec.cache_len // spec.page), spec.pages, jnp.int32)
+    refs = zi(spec.pages + 1)
+  else:
+    cache = init_cache(cfg, s, spec.cache_len)
+    k = tuple(jnp.swapaxes(x, 2, 3) for x in cache.k) if spec.keys_ch \
+        else cache.k
+    v, table, refs = cache.v, jnp.zeros((s, 1), jnp.int32), zi(1)
   return State(
-      k=k, v=cache.v, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
+      k=k, v=v, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
       token_S=zi(s), key_S=jnp.zeros((s, 2), jnp.uint32), plen_S=zi(s),
       next_1=zi(1), steps_1=zi(1), busy_1=zi(1),
       tokens_RL=jnp.full((rows + 1, length), spec.pad_id, jnp.int32),
       logprobs_RL=jnp.zeros((rows + 1, length), jnp.float32),
-      length_R=zi(rows + 1), finished_B=zi(batch))
+      length_R=zi(rows + 1), finished_B=zi(batch), table_SM=table,
+      refs_P=refs, peak_1=zi(1))
 
 
 def forced_length(key_data_N2, max_new_tokens: int, spread: str):
@@ -178,6 +202,15 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   ok_R = idx_R < batch
   safe = jnp.minimum(idx_R, batch - 1)
   toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
+  taken_R = ok_R
+  if spec.page:  # Admit the prompts whose pages are free (a prefix).
+    refs, table_N, taken_R = paged.allocate(
+        st.refs_P, plen, ok_R & (plen > 0), num_samples=k,
+        max_new_tokens=spec.max_new_tokens, page=spec.page,
+        pages_per_row=spec.cache_len // spec.page)
+    ok_R = ok_R & taken_R
+    st = st._replace(refs_P=refs, peak_1=jnp.maximum(
+        st.peak_1, spec.pages - paged.free_pages(refs)))
   p = toks.shape[1]
   cache = init_cache(model.cfg, count, p)
   mask = jnp.arange(p)[None] < plen[:, None]
@@ -202,17 +235,30 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   put = lambda a, val: a.at[dest].set(val, mode="drop")
   # Finite keys and values only: see `Attention.decode`.
   rep = lambda x: jnp.repeat(jnp.nan_to_num(x, posinf=0.0, neginf=0.0), k, 0)
+  moved = jnp.sum(taken_R).astype(jnp.int32)  # Candidates consumed.
+  if spec.page:
+    ended = done[:, None] | ~ok_N[:, None]
+    st = st._replace(
+        k=tuple(paged.write_prompt(a, rep(jnp.swapaxes(b, 2, 3)), table_N)
+                for a, b in zip(st.k, cache.k)),
+        v=tuple(paged.write_prompt(a, rep(b), table_N)
+                for a, b in zip(st.v, cache.v)),
+        refs_P=paged.hold(st.refs_P, table_N, -1, on_N=done & ok_N),
+        table_SM=st.table_SM.at[dest].set(
+            jnp.where(ended, spec.pages, table_N), mode="drop"))
+  else:
+    st = st._replace(
+        k=tuple(a.at[dest, :, :p, :].set(rep(jnp.swapaxes(b, 2, 3)),
+                                         mode="drop") if spec.keys_ch else
+                a.at[dest, :, :, :p].set(rep(b), mode="drop")
+                for a, b in zip(st.k, cache.k)),
+        v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
+                for a, b in zip(st.v, cache.v)))
   return st._replace(
-      k=tuple(a.at[dest, :, :p, :].set(rep(jnp.swapaxes(b, 2, 3)),
-                                       mode="drop") if spec.keys_ch else
-              a.at[dest, :, :, :p].set(rep(b), mode="drop")
-              for a, b in zip(st.k, cache.k)),
-      v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
-              for a, b in zip(st.v, cache.v)),
       row_S=put(st.row_S, jnp.where(done, -1, row_N)),
       t_S=put(st.t_S, t0 + 1), token_S=put(st.token_S, token),
       key_S=put(st.key_S, key_N), plen_S=put(st.plen_S, rep(plen)),
-      next_1=jnp.minimum(st.next_1 + count, batch))
+      next_1=jnp.minimum(st.next_1 + moved, batch))
 
 
 def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
@@ -221,11 +267,16 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
   slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
   logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
                               impl=spec.attention, block=spec.block,
-                              window=window, keys_ch=spec.keys_ch)
+                              window=window, keys_ch=spec.keys_ch,
+                              table_NM=st.table_SM if spec.page else None)
   token, logp = _sample(spec, logits, st.key_S, st.t_S)
   st = _write(st, st.row_S, st.t_S, token, logp)
   done = busy & _ends(spec, token, st.t_S)
   st = _finish(st, spec, st.row_S, done)
+  if spec.page:  # The ended rows' pages go back to the pool.
+    st = st._replace(
+        refs_P=paged.hold(st.refs_P, st.table_SM, -1, on_N=done),
+        table_SM=jnp.where(done[:, None], spec.pages, st.table_SM))
   return st._replace(
       k=k, v=v, row_S=jnp.where(done, -1, st.row_S),
       t_S=jnp.where(busy, st.t_S + 1, st.t_S), token_S=token,
@@ -249,6 +300,10 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   def body(st):
     if spec.refill:
       room = jnp.sum(st.row_S < 0) >= k * spec.refill
+      if spec.page:  # And the next prompt's pages are free.
+        nxt = c.plen_B[jnp.minimum(st.next_1[0], batch - 1)]
+        room &= paged.free_pages(st.refs_P) >= paged.prompt_pages(
+            nxt, k, spec.max_new_tokens, spec.page)
       st = jax.lax.cond((st.next_1[0] < batch) & room,
                         lambda s: insert(model, s, c, spec, spec.refill,
                                          rope),
@@ -328,14 +383,23 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               segment_steps: int = 0, temperature: float = 1.0,
               top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
               pad_id: int = 0, forced_lengths: str = "",
-              keys_ch: bool | None = None) -> Spec:
-  """The static settings of one device's engine, errors naming the fields."""
+              keys_ch: bool | None = None, cache: str = "contiguous",
+              page_size: int = 0, pages_dev: int = 0,
+              platform: str | None = None) -> Spec:
+  """The static settings of one device's engine, errors naming the fields.
+  `platform`: the devices the program is for (default: the default
+  backend's); it resolves the paged cache's attention (`paged.resolve`)."""
   if engine not in ENGINES:
     raise ValueError(f"rollout.engine={engine!r} must be one of {ENGINES}")
+  if cache not in CACHES:
+    raise ValueError(f"rollout.cache={cache!r} must be one of {CACHES}")
   k = num_samples
-  if engine == "static" or not slots_dev or slots_dev >= batch_dev * k:
+  small_pool = cache == "paged" and bool(pages_dev)  # Refills wait for it.
+  if engine == "static" or not slots_dev or (
+      slots_dev >= batch_dev * k and not small_pool):
     slots_dev, first, refill = batch_dev * k, batch_dev, 0
   else:
+    slots_dev = min(slots_dev, batch_dev * k)
     if refill < 1:
       raise ValueError(f"rollout.refill={refill} must be >= 1")
     if slots_dev < k * refill:
@@ -346,7 +410,32 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
     first = min(batch_dev, slots_dev // k)
   block = min(block or default_block(), -(-(prompt_width + max_new_tokens)
                                          // 8) * 8)
+  page, pages = 0, 0
+  if cache == "contiguous" and attention == "tpu_paged":
+    raise ValueError("rollout.attention='tpu_paged' reads a paged cache: "
+                     "set rollout.cache='paged'")
+  if cache == "paged":
+    attention = paged.resolve(attention, platform or jax.default_backend())
+    page = page_size or block
+    if page < 1:
+      raise ValueError(f"rollout.page_size={page_size} must be >= 1")
+    block = page
   cache_len = -(-(prompt_width + max_new_tokens) // block) * block
+  if page:
+    per_row = cache_len // page
+    pages = pages_dev or slots_dev * per_row
+    worst = max(paged.prompt_pages(n, k, max_new_tokens, page)
+                for n in range(prompt_width + 1))
+    if pages < worst:
+      raise ValueError(
+          f"rollout.pages gives {pages} pages per device, fewer than one "
+          f"prompt of {prompt_width} tokens and its {k} samples of "
+          f"{max_new_tokens} tokens can hold ({worst} pages of {page})")
+    if refill == 0 and pages < slots_dev * per_row:
+      raise ValueError(
+          f"rollout.pages gives {pages} pages per device; the static "
+          f"engine inserts all {slots_dev} rows at once and needs "
+          f"{slots_dev * per_row} (use rollout.engine='continuous')")
   return Spec(num_samples=k, max_new_tokens=max_new_tokens, slots=slots_dev,
               first=first, refill=refill,
               segment_steps=segment_steps or 2**30, cache_len=cache_len,
@@ -354,7 +443,8 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               top_p=float(top_p), eos_id=int(eos_id), pad_id=int(pad_id),
               attention=attention, block=block,
               forced_lengths=forced_lengths,
-              keys_ch=default_keys_ch() if keys_ch is None else keys_ch)
+              keys_ch=default_keys_ch() if keys_ch is None else keys_ch,
+              page=page, pages=pages)
 
 
 class Result(NamedTuple):
@@ -382,7 +472,8 @@ def _rows(mesh, x, shards: int) -> np.ndarray:
 
 
 def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
-        spec_args: dict, slots: int = 0, mesh=None, on_done=None) -> Result:
+        spec_args: dict, slots: int = 0, pages: int = 0, mesh=None,
+        on_done=None) -> Result:
   """Decode this process's prompts with the engine.
 
   Args:
@@ -394,6 +485,8 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     spec_args: `plan_spec` keyword arguments except batch / width / slots.
     slots: decode slots summed over all devices (continuous engine; 0 = as
       many as rows).
+    pages: paged cache (`spec_args["cache"] = "paged"`): pool pages summed
+      over all devices (0 = slots x the longest row's pages).
     on_done: called as `on_done(prompt_indices, tokens [n, k, L], mask
       [n, k, L])` for prompts whose k samples have all ended, while the
       others decode; each prompt once.
@@ -406,8 +499,10 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     raise ValueError(f"engine: {b} prompts do not split over {shards} "
                      "devices (pad the batch)")
   total = shards * jax.process_count()
-  spec = plan_spec(batch_dev=b // shards, prompt_width=packed.shape[1],
+  platform = mesh.devices.flat[0].platform if mesh is not None else None
+  spec = plan_spec(platform=platform, batch_dev=b // shards, prompt_width=packed.shape[1],
                    slots_dev=slots // total if slots else 0,
+                   pages_dev=pages // total if pages else 0,
                    **{"segment_steps": 0 if on_done is None else
                       max(16, spec_args["max_new_tokens"] // 8),
                       **spec_args})
@@ -445,6 +540,10 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
            "slot_steps": int(steps.sum()) * spec.slots,
            "busy_steps": int(busy.sum()), "segments": segments,
            "slots": spec.slots * total, "cache_len": spec.cache_len}
+  if spec.page:  # Pool use: the most pages any device held at once.
+    stats.update(pages=spec.pages * total, page_size=spec.page,
+                 pages_peak=int(distributed.host_value(st.peak_1).max()),
+                 pages_leaked=int(distributed.host_value(st.refs_P).sum()))
   return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
                 mask, lengths.astype(np.int32), stats)
 

@@ -79,7 +79,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
             chunk_prompts: int = 0, mesh=None, compute_dtype: str | None = None,
             progress: bool = False, engine: str = "static", slots: int = 0,
             refill: int = 1, attention: str = "window", on_done=None,
-            stats: dict | None = None, **engine_args
+            stats: dict | None = None, cache: str = "contiguous",
+            page_size: int = 0, pages: int = 0, **engine_args
             ) -> sampling.SampleOutput:
   """Sample `num_samples` completions per prompt of this process's share.
 
@@ -100,7 +101,10 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     slots: continuous decode slots summed over all devices (0: chunk_prompts
       x num_samples, or every row).
     refill: prompts prefilled per refill (continuous).
-    attention: decode attention ("window", "full", "ragged").
+    attention: decode attention (`decode_attention.IMPLEMENTATIONS`).
+    cache: "contiguous" (a cache row per slot) or "paged" (a pool of
+      `page_size`-slot pages, prompts shared by their samples; `pages`
+      over all devices, 0 = as much as the contiguous cache).
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
@@ -133,7 +137,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
                    temperature=temperature, top_k=top_k, top_p=top_p,
                    eos_id=-1 if eos_id is None else int(eos_id),
                    pad_id=int(pad_id), engine=engine, refill=refill,
-                   attention=attention, **engine_args)
+                   attention=attention, cache=cache, page_size=page_size,
+                   **engine_args)
   outs = []
   starts = range(0, b, chunk)
   for s in tqdm.tqdm(starts, desc="rollout", disable=not progress or
@@ -148,11 +153,14 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     done = None if on_done is None else functools.partial(
         _report, on_done, start=s, real=n)
     out = engine_lib.run(graph, state, tok, msk, key, spec_args=spec_args,
-                         slots=slots, mesh=mesh, on_done=done)
+                         slots=slots, pages=pages, mesh=mesh, on_done=done)
     if stats is not None:
       for name, value in out.stats.items():
-        add = name in ("steps", "slot_steps", "busy_steps", "segments")
-        stats[name] = stats.get(name, 0) + value if add else value
+        add = name in ("steps", "slot_steps", "busy_steps", "segments",
+                       "pages_leaked")
+        most = name == "pages_peak"
+        stats[name] = (stats.get(name, 0) + value if add else
+                       max(stats.get(name, 0), value) if most else value)
     outs.append([x[:n] for x in out[:4]])
   return sampling.SampleOutput(*(np.concatenate(parts)
                                  for parts in zip(*outs)))

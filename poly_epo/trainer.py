@@ -164,7 +164,8 @@ def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None):
       temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
       chunk_prompts=r.chunk_prompts, mesh=run.mesh,
       compute_dtype=cfg.model.dtype, engine=r.engine, slots=r.slots,
-      refill=r.refill, attention=r.attention, on_done=on_done)
+      refill=r.refill, attention=r.attention, on_done=on_done,
+      cache=r.cache, page_size=r.page_size, pages=r.pages)
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):

@@ -1,5 +1,6 @@
 """poly_epo.engine: the continuous schedule returns exactly the static
-schedule's tokens (any slot count, refill size, chunking, mesh); finished
+schedule's tokens (any slot count, refill size, chunking, mesh, and over a
+paged cache of any page size or pool); finished
 prompts are reported once, while others decode; counters add up; no
 collective over the batch axes runs inside the decode loop of a pod."""
 
@@ -106,6 +107,33 @@ def test_attention_variants_give_the_same_tokens(policy, static):
     np.testing.assert_allclose(got.logprobs, static.logprobs, atol=1e-5)
 
 
+@pytest.mark.parametrize("engine_name,slots,refill,page,pages", [
+    ("static", 0, 1, 0, 0),  # The whole batch, pool as big as contiguous.
+    ("continuous", 6, 1, 4, 40),  # Prompts of 4+ tokens share a page.
+    ("continuous", 30, 2, 8, 12),  # One prompt's pages: refills wait.
+    ("continuous", 9, 3, 2, 0)])
+def test_paged_cache_decodes_the_same_tokens(policy, static, engine_name,
+                                             slots, refill, page, pages):
+  stats = {}
+  got = _run(policy, engine=engine_name, slots=slots, refill=refill,
+             cache="paged", page_size=page, pages=pages, stats=stats)
+  _same(got, static)
+  assert stats["pages_leaked"] == 0  # Every page back in the pool.
+  assert 0 < stats["pages_peak"] <= stats["pages"]
+  if pages:
+    assert stats["pages"] == pages
+    assert stats["pages_peak"] > pages // 2  # The pool was what limited.
+
+
+def test_paged_cache_on_a_mesh_equals_one_device(policy, static):
+  mesh = sharding.make_mesh(2, 2, 2)
+  stats = {}
+  got = _run(policy, mesh=mesh, engine="continuous", slots=12, cache="paged",
+             page_size=4, pages=8 * 14, stats=stats)
+  _same(got, static)
+  assert stats["pages_leaked"] == 0
+
+
 def test_finished_prompts_are_reported_once_while_others_decode(policy,
                                                                 static):
   calls = []
@@ -127,6 +155,17 @@ def test_bad_settings_name_the_field(policy):
     _run(policy, engine="paged")
   with pytest.raises(ValueError, match="rollout.attention"):
     _run(policy, attention="flash")
+  with pytest.raises(ValueError, match="rollout.cache"):
+    _run(policy, cache="virtual")
+  with pytest.raises(ValueError, match="rollout.attention='tpu_paged'"):
+    _run(policy, attention="tpu_paged")
+  # A prompt of 5 tokens and its 3 samples of 24: one shared page of 4
+  # slots, then 7 pages each (slots 4..28): 22 pages.
+  with pytest.raises(ValueError, match="rollout.pages.*22 pages of 4"):
+    _run(policy, engine="continuous", slots=6, cache="paged", page_size=4,
+         pages=21)
+  with pytest.raises(ValueError, match="static engine"):
+    _run(policy, cache="paged", page_size=4, pages=100)
 
 
 def test_pack_prompts_keeps_order_and_lengths():
@@ -176,7 +215,7 @@ def _loop_collectives(hlo: str) -> list:
           if _COLLECTIVE.search(line)]
 
 
-def _compile_segment(mesh, cfg):
+def _compile_segment(mesh, cfg, **spec_args):
   model = init_model(cfg, seed=0)
   graphdef, state = nnx.split(model)
   state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
@@ -190,9 +229,10 @@ def _compile_segment(mesh, cfg):
       shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
   c = engine.Consts(row((b, p), np.int32), row((b,), np.int32),
                     row((b, 2), np.uint32))
-  spec = engine.plan_spec(batch_dev=2, prompt_width=p, num_samples=2,
-                          max_new_tokens=16, engine="continuous",
-                          slots_dev=2, refill=1, block=16)
+  spec = engine.plan_spec(**{
+      "batch_dev": 2, "prompt_width": p, "num_samples": 2,
+      "max_new_tokens": 16, "engine": "continuous", "slots_dev": 2,
+      "refill": 1, "block": 16, "platform": "tpu", **spec_args})
   return engine.begin.lower(graphdef, params, c, spec=spec,
                             mesh=mesh).compile().as_text()
 
@@ -209,7 +249,12 @@ def test_no_batch_axis_collective_inside_the_decode_loop_of_a_pod():
   mesh = sharding.make_mesh(1, 4, 2, devices=devices)
   lines = _loop_collectives(_compile_segment(mesh, cfg))
   assert lines  # The tensor pair does talk (its MLP halves) ...
-  for line in lines:  # ... but only within the pair: logical ids 2i, 2i+1.
+  _assert_within_tensor_pairs(lines)  # ... but only within the pair.
+
+
+def _assert_within_tensor_pairs(lines):
+  """Every collective's groups are tensor pairs: logical ids 2i, 2i+1."""
+  for line in lines:
     groups = re.search(r"(?:replica_groups|source_target_pairs)="
                        r"(\{\{[\d,{}]+\}\}|\[\d+,\d+\]<=\[\d+\])", line)
     assert groups, line
@@ -219,3 +264,24 @@ def test_no_batch_axis_collective_inside_the_decode_loop_of_a_pod():
       continue
     for g in re.findall(r"\{([\d,]+)\}", text):
       assert len({int(i) // 2 for i in g.split(",")}) == 1, line
+
+
+def test_the_paged_kernel_compiles_for_a_pod_without_batch_collectives():
+  """The paged cache with the Pallas TPU kernel ("auto" on TPU), compiled by
+  the TPU compiler for v5p-16: the Mosaic kernel is in the loop, and no
+  collective over the batch axes; with tensor=2 each chip runs the kernel
+  on its own kv head."""
+  from tpu_topologies import tpu_devices
+  devices = tpu_devices("v5p-16")
+  cfg = preset("tiny", vocab_size=256, num_kv_heads=2, num_heads=4,
+               head_dim=128)
+  for shape in ((1, 8, 1), (1, 4, 2)):
+    mesh = sharding.make_mesh(*shape, devices=devices)
+    text = _compile_segment(mesh, cfg, cache="paged", page_size=16,
+                            max_new_tokens=120, attention="auto")
+    assert "tpu_custom_call" in text
+    lines = _loop_collectives(text)
+    if shape[2] == 1:
+      assert lines == []
+    else:
+      _assert_within_tensor_pairs(lines)

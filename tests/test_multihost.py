@@ -87,10 +87,12 @@ def test_two_processes_agree_with_one_process_on_four_devices(
     base, judge_args, reference, tmp_path):
   multi = str(tmp_path / "multi")
   # The 2 processes decode with the continuous engine (8 slots per device)
-  # and update on packed rows: the same metrics as the static reference.
+  # over a paged cache and update on packed rows: the same metrics as the
+  # static reference.
   procs = _launch([multi] * 2, base, *judge_args,
                   "--config.rollout.engine=continuous",
-                  "--config.rollout.slots=32", "--config.packing=True")
+                  "--config.rollout.slots=32", "--config.rollout.cache=paged",
+                  "--config.packing=True")
   logs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, logs):
     assert p.returncode == 0, err[-3000:]

@@ -22,7 +22,10 @@ Implementations (`rollout.attention`):
   that run in parallel. On CPU it runs in Pallas's interpret mode (tests
   only: slow); TPU is refused (its Pallas kernels need a paged, kv-head-major
   cache: docs/ROLLOUT.md).
-- "auto": "pallas" on GPU, "window" elsewhere.
+- "tpu_paged": JAX's Pallas TPU paged-attention kernel; it needs the paged
+  cache (`rollout.cache="paged"`, `models/paged.py`).
+- "auto": "pallas" on GPU, "window" elsewhere ("tpu_paged" on TPU with the
+  paged cache).
 
 Exactness: a wider window only appends masked slots, whose probabilities
 and values are exact zeros, and the max is order-free; so a row's output
@@ -39,10 +42,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("window", "full", "ragged", "pallas", "auto")
+IMPLEMENTATIONS = ("window", "full", "ragged", "pallas", "tpu_paged",
+                   "auto")
 
 
-def _dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
+def dense(q, k_cache, v_cache, length_N, width: int, keys_ch: bool):
   """Softmax attention over slots [0, width) of every row (float32 softmax),
   slots at or past a row's length masked (stale keys may hold anything,
   stale values anything finite). Keys [N, K, C, H] when `keys_ch`, else
@@ -85,13 +89,13 @@ def buckets(cache_len: int, block: int) -> tuple:
 def _window(q, k_cache, v_cache, length_N, block: int, window, keys_ch):
   c = cache_len(v_cache)
   if window is not None:  # A static window (the planner's cost model).
-    return _dense(q, k_cache, v_cache, length_N,
+    return dense(q, k_cache, v_cache, length_N,
                   -(-min(int(window), c) // block) * block, keys_ch)
   sizes = buckets(c, block)
   need = (jnp.max(length_N) + block - 1) // block
   index = jnp.sum(jnp.asarray(sizes[:-1]) < need)
   return jax.lax.switch(index, [
-      lambda q, k, v, n, nb=nb: _dense(q, k, v, n, nb * block, keys_ch)
+      lambda q, k, v, n, nb=nb: dense(q, k, v, n, nb * block, keys_ch)
       for nb in sizes], q, k_cache, v_cache, length_N)
 
 
@@ -134,7 +138,7 @@ def _pallas_gpu(q, k_cache, v_cache, length_N, block: int, keys_ch: bool):
 
 
 def _full(q, k_cache, v_cache, length_N, keys_ch):
-  return _dense(q, k_cache, v_cache, length_N, cache_len(v_cache), keys_ch)
+  return dense(q, k_cache, v_cache, length_N, cache_len(v_cache), keys_ch)
 
 
 def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
@@ -150,7 +154,7 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
       TPU copy the whole cache); v_NKCH: values.
     length_N: int32 [N] filled slots per row (the new token included).
     impl: "window" | "full" | "ragged" | "pallas" | "auto" (the module
-      docstring).
+      docstring; "tpu_paged" needs the paged cache, `models/paged.py`).
     block: slots per block; C must be a multiple of it (all but "full").
     window: a static number of slots to read instead of the batch's fill
       (cost models); rows must not be longer.
@@ -163,6 +167,9 @@ def attend_filled(q_NKGH, k_NKHC, v_NKCH, length_N, *, impl: str = "window",
                      f"{IMPLEMENTATIONS}")
   if impl == "auto":
     impl = "pallas" if jax.default_backend() == "gpu" else "window"
+  if impl == "tpu_paged":
+    raise ValueError("rollout.attention='tpu_paged' reads a paged cache: "
+                     "set rollout.cache='paged'")
   if impl == "full":
     return _full(q_NKGH, k_NKHC, v_NKCH, length_N, keys_ch)
   if cache_len(v_NKCH) % block:

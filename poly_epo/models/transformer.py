@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo.models.config import ModelConfig
+from poly_epo.models import paged
 from poly_epo.models.decode_attention import attend_filled
 from poly_epo.sharding import constrain_rows
 
@@ -249,9 +250,11 @@ class Attention(nnx.Module):
     return out
 
   def decode(self, x_N1D, cos_N1H, sin_N1H, k_NKHC, v_NKCH, slot_N, *,
-             impl: str, block: int, window=None, keys_ch: bool = False):
+             impl: str, block: int, window=None, keys_ch: bool = False,
+             table_NM=None):
     """One new token per row, written at its own slot `slot_N`; attends to
-    slots [0, slot_N]. Returns (out [N, 1, D], k_NKHC, v_NKCH)."""
+    slots [0, slot_N]. Returns (out [N, 1, D], k_NKHC, v_NKCH). With page
+    tables `table_NM` the caches are page pools (`models/paged.py`)."""
     cfg = self.cfg
     n_rows = x_N1D.shape[0]
     kh, h = cfg.num_kv_heads, cfg.head_dim
@@ -261,6 +264,12 @@ class Attention(nnx.Module):
     # 0 x NaN (values), and the Pallas kernel masks keys by adding a large
     # negative number (a NaN key would survive it).
     finite = lambda x: jnp.nan_to_num(x, posinf=0.0, neginf=0.0)
+    if table_NM is not None:
+      k_NKHC = paged.write_token(k_NKHC, finite(k[:, 0]), table_NM, slot_N)
+      v_NKCH = paged.write_token(v_NKCH, finite(v[:, 0]), table_NM, slot_N)
+      out = paged.attend(q[:, 0].reshape(n_rows, kh, -1, h), k_NKHC, v_NKCH,
+                         table_NM, slot_N + 1, impl=impl, window=window)
+      return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
     if keys_ch:  # Keys stored like values, [N, K, C, H].
       k_NKHC = k_NKHC.at[rows, :, slot_N, :].set(
           finite(k[:, 0]).astype(k_NKHC.dtype))
@@ -426,7 +435,7 @@ class Transformer(nnx.Module):
 
   def decode(self, token_N, k_caches, v_caches, slot_N, rope_table, *,
              impl: str = "window", block: int = 128, window=None,
-             keys_ch: bool = False):
+             keys_ch: bool = False, table_NM=None):
     """One decode step of the rollout engine (rows packed from slot 0).
 
     Args:
@@ -436,6 +445,8 @@ class Transformer(nnx.Module):
         `keys_ch`) / [N, K, C, H].
       rope_table: `rope_table(cfg, C)`.
       impl, block, window, keys_ch: `decode_attention.attend_filled`.
+      table_NM: page tables when the caches are page pools
+        ([K, NP + 1, page, H] per layer; `models/paged.py`).
 
     Returns:
       (logits [N, V] float32, k_caches, v_caches).
@@ -448,7 +459,7 @@ class Transformer(nnx.Module):
     for i, layer in enumerate(self.layers):
       x, k, v = layer.decode(x, cos, sin, k_caches[i], v_caches[i], slot_N,
                              impl=impl, block=block, window=window,
-                             keys_ch=keys_ch)
+                             keys_ch=keys_ch, table_NM=table_NM)
       new_k.append(k)
       new_v.append(v)
     logits = self.logits(self.final_norm(x))[:, 0]
