@@ -81,7 +81,10 @@ class State(NamedTuple):
   finished_B: jax.Array  # int32 samples finished per prompt
   table_SM: jax.Array  # int32 [S, M] page tables (contiguous: [S, 1] unused)
   refs_P: jax.Array  # int32 [NP + 1] rows holding each page (contiguous: [1])
+  claim_S: jax.Array  # int32 pages the row may still need (paged)
+  held_S: jax.Array  # int32 own pages the row holds (paged)
   peak_1: jax.Array  # int32 most pages held at once
+  waits_1: jax.Array  # int32 row-steps spent waiting for a page
 
 
 class Spec(NamedTuple):
@@ -142,7 +145,8 @@ def init_state(cfg, spec: Spec, batch: int) -> State:
       tokens_RL=jnp.full((rows + 1, length), spec.pad_id, jnp.int32),
       logprobs_RL=jnp.zeros((rows + 1, length), jnp.float32),
       length_R=zi(rows + 1), finished_B=zi(batch), table_SM=table,
-      refs_P=refs, peak_1=zi(1))
+      refs_P=refs, claim_S=zi(s), held_S=zi(s), peak_1=zi(1),
+      waits_1=zi(1))
 
 
 def forced_length(key_data_N2, max_new_tokens: int, spread: str):
@@ -202,15 +206,18 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   ok_R = idx_R < batch
   safe = jnp.minimum(idx_R, batch - 1)
   toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
+  free_first = jnp.argsort(st.row_S >= 0, stable=True)[:count * k]
   taken_R = ok_R
-  if spec.page:  # Admit the prompts whose pages are free (a prefix).
-    refs, table_N, taken_R = paged.allocate(
-        st.refs_P, plen, ok_R & (plen > 0), num_samples=k,
+  if spec.page:  # Admit a prefix of the prompts, while safe (paged.admit).
+    refs, table_N, taken_R, claim, held = paged.admit(
+        st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, plen,
+        ok_R & (plen > 0), free_first.reshape(count, k),
         max_new_tokens=spec.max_new_tokens, page=spec.page,
         pages_per_row=spec.cache_len // spec.page)
     ok_R = ok_R & taken_R
-    st = st._replace(refs_P=refs, peak_1=jnp.maximum(
-        st.peak_1, spec.pages - paged.free_pages(refs)))
+    st = st._replace(refs_P=refs, claim_S=claim, held_S=held,
+                     peak_1=jnp.maximum(st.peak_1,
+                                        spec.pages - paged.free_pages(refs)))
   p = toks.shape[1]
   cache = init_cache(model.cfg, count, p)
   mask = jnp.arange(p)[None] < plen[:, None]
@@ -225,7 +232,6 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   key_N = jax.vmap(lambda kd, j: jax.random.key_data(jax.random.fold_in(
       jax.random.wrap_key_data(kd), j)))(
           jnp.repeat(c.keys_B[safe], k, 0), jnp.tile(jnp.arange(k), count))
-  free_first = jnp.argsort(st.row_S >= 0, stable=True)[:count * k]
   dest = jnp.where(ok_N, free_first, spec.slots)  # out of range: dropped
   t0 = jnp.zeros_like(row_N)
   token, logp = _sample(spec, logits_N, key_N, t0)
@@ -262,15 +268,26 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
 
 
 def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
-  """Every busy slot decodes one token (`rope` as for `insert`)."""
+  """Every busy slot decodes one token (`rope` as for `insert`); with the
+  paged cache a row waiting for a page decodes nothing this step."""
   busy = st.row_S >= 0
   slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
+  if spec.page:  # Pages for rows entering a new one (paged.grant).
+    refs, table, claim, held, waiting = paged.grant(
+        st.refs_P, st.table_SM, st.claim_S, st.held_S, busy, slot,
+        spec.page)
+    st = st._replace(refs_P=refs, table_SM=table, claim_S=claim,
+                     held_S=held, waits_1=st.waits_1 + jnp.sum(waiting),
+                     peak_1=jnp.maximum(st.peak_1,
+                                        spec.pages - paged.free_pages(refs)))
+    busy = busy & ~waiting
   logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
                               impl=spec.attention, block=spec.block,
                               window=window, keys_ch=spec.keys_ch,
                               table_NM=st.table_SM if spec.page else None)
   token, logp = _sample(spec, logits, st.key_S, st.t_S)
-  st = _write(st, st.row_S, st.t_S, token, logp)
+  row = jnp.where(busy, st.row_S, -1)
+  st = _write(st, row, st.t_S, token, logp)
   done = busy & _ends(spec, token, st.t_S)
   st = _finish(st, spec, st.row_S, done)
   if spec.page:  # The ended rows' pages go back to the pool.
@@ -279,9 +296,21 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
         table_SM=jnp.where(done[:, None], spec.pages, st.table_SM))
   return st._replace(
       k=k, v=v, row_S=jnp.where(done, -1, st.row_S),
-      t_S=jnp.where(busy, st.t_S + 1, st.t_S), token_S=token,
+      t_S=jnp.where(busy, st.t_S + 1, st.t_S),
+      token_S=jnp.where(busy, token, st.token_S),
       steps_1=st.steps_1 + 1,
       busy_1=st.busy_1 + jnp.sum(busy).astype(jnp.int32))
+
+
+def _admissible(st: State, c: Consts, spec: Spec):
+  """Whether the queue's next prompt would be admitted now (paged)."""
+  nxt = jnp.minimum(st.next_1[0], c.plen_B.shape[0] - 1)
+  free = jnp.argsort(st.row_S >= 0, stable=True)[:spec.num_samples]
+  return paged.admit(
+      st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, c.plen_B[nxt][None],
+      c.plen_B[nxt][None] > 0, free[None],
+      max_new_tokens=spec.max_new_tokens, page=spec.page,
+      pages_per_row=spec.cache_len // spec.page)[2][0]
 
 
 def _loop(model, st: State, c: Consts, spec: Spec) -> State:
@@ -300,10 +329,8 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   def body(st):
     if spec.refill:
       room = jnp.sum(st.row_S < 0) >= k * spec.refill
-      if spec.page:  # And the next prompt's pages are free.
-        nxt = c.plen_B[jnp.minimum(st.next_1[0], batch - 1)]
-        room &= paged.free_pages(st.refs_P) >= paged.prompt_pages(
-            nxt, k, spec.max_new_tokens, spec.page)
+      if spec.page:  # And the next prompt can be admitted safely.
+        room &= _admissible(st, c, spec)
       st = jax.lax.cond((st.next_1[0] < batch) & room,
                         lambda s: insert(model, s, c, spec, spec.refill,
                                          rope),
@@ -424,13 +451,15 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
   if page:
     per_row = cache_len // page
     pages = pages_dev or slots_dev * per_row
-    worst = max(paged.prompt_pages(n, k, max_new_tokens, page)
-                for n in range(prompt_width + 1))
+    worst = paged.worst_prompt_pages(prompt_width, k, max_new_tokens, page)
     if pages < worst:
       raise ValueError(
           f"rollout.pages gives {pages} pages per device, fewer than one "
           f"prompt of {prompt_width} tokens and its {k} samples of "
           f"{max_new_tokens} tokens can hold ({worst} pages of {page})")
+    if refill:  # The first insert: what fits at the widest prompts (a
+      # prefill of prompts that cannot be admitted would be thrown away).
+      first = min(first, pages // worst)
     if refill == 0 and pages < slots_dev * per_row:
       raise ValueError(
           f"rollout.pages gives {pages} pages per device; the static "
@@ -543,6 +572,7 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
   if spec.page:  # Pool use: the most pages any device held at once.
     stats.update(pages=spec.pages * total, page_size=spec.page,
                  pages_peak=int(distributed.host_value(st.peak_1).max()),
+                 page_waits=int(distributed.host_value(st.waits_1).sum()),
                  pages_leaked=int(distributed.host_value(st.refs_P).sum()))
   return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
                 mask, lengths.astype(np.int32), stats)

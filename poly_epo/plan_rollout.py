@@ -148,49 +148,148 @@ def _device_schedules(lens_bk, p, specs, step_s, step_b, costs, attention):
       nbytes += costs["prefill_chunk"]["bytes_accessed"] + step_b(w).sum()
       steps += longest - 1
     out[name] = (sec, steps, nbytes)
-  # Continuous: replay the engine's slots (k * refill free -> refill).
-  k, slots, refill = cont.num_samples, cont.slots, cont.refill
+  pre = costs["prefill_refill"]
+
+  def replay(slots, pool):
+    """(prefill s, prefill bytes, step s, step bytes, own-fill s, own-fill
+    bytes, steps) of the continuous engine's slots (and page pool)."""
+    acc = np.zeros(7)
+    for fills, calls in _replay(lens_bk, p, cont.num_samples, slots,
+                                cont.refill, pool, cont.max_new_tokens):
+      acc[0] += pre["estimated_seconds"] * calls
+      acc[1] += pre["bytes_accessed"] * calls
+      if not len(fills):
+        continue
+      w = win(np.array([fills.max()]))
+      # Each busy row reading its own fill (a ragged / paged kernel), the
+      # step's cost model being for `cont.slots` rows at a window.
+      own = np.array([fills.sum() / cont.slots])
+      acc[2:] += (float(step_s(w)[0]), float(step_b(w)[0]),
+                  float(step_s(own)[0]), float(step_b(own)[0]), 1)
+    return acc
+
+  acc = replay(cont.slots, None)
+  out["continuous"] = (acc[0] + acc[2], acc[6], acc[1] + acc[3])
+  out["continuous_ragged_kernel"] = (acc[0] + acc[4], acc[6], acc[1] + acc[5])
+  # The paged cache with the TPU kernel: a slot per row, as many pages as
+  # the contiguous cache's memory, prompts admitted as pages free up.
+  page = cont.block
+  pool = cont.slots * (cont.cache_len // page)
+  acc = replay(len(lens_bk) * cont.num_samples, (pool, page))
+  out["continuous_paged"] = (acc[0] + acc[4], acc[6], acc[1] + acc[5])
+  return out
+
+
+def _safe(claim, held, free) -> bool:
+  """The banker's test of `paged.safe`, for the live rows given."""
+  order = np.argsort(claim, kind="stable")
+  c, h = claim[order], held[order]
+  return bool(np.all(c <= free + np.cumsum(h) - h))
+
+
+def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
+  """The continuous engine's schedule, decided as the engine decides: yields
+  per decode step (fills of the rows that decoded [n], prefill calls made
+  before it). `pool`: (pages, page) of a paged cache (admission and page
+  grants by the banker's test, as `models/paged.py`), prompts of `p`
+  tokens; None: contiguous."""
+  from poly_epo.models import paged
   queue = list(range(len(lens_bk)))
   left = np.zeros(slots, int)  # Tokens still to decode per slot (0 free).
   age = np.zeros(slots, int)
-  pre = costs["prefill_refill"]
-  acc = dict(pre_s=0.0, pre_b=0.0, sec=0.0, nbytes=0.0, own_s=0.0,
-             own_b=0.0, steps=0)
+  owner = np.full(slots, -1)
+  claim = np.zeros(slots, int)  # Own pages a row may still need ...
+  held = np.zeros(slots, int)  # ... and holds.
+  live_rows = {}  # Prompt -> its rows not ended (paged: shared pages).
+  if pool is not None:
+    pages, page = pool
+    shared, own = paged.row_pages(p, max_new_tokens, page)
+    first_own = int(p % page > 0)
+  state = {"free": pages if pool is not None else 0}
+
+  def release(slot_ids):
+    for s in slot_ids:
+      b = owner[s]
+      owner[s] = -1
+      if pool is None:
+        continue
+      state["free"] += held[s]
+      claim[s] = held[s] = 0
+      live_rows[b] -= 1
+      if live_rows[b] == 0:
+        state["free"] += shared
+        del live_rows[b]
+
+  def admissible(free_slots):
+    if pool is None:
+      return True
+    c, h = claim.copy(), held.copy()
+    c[free_slots], h[free_slots] = own - first_own, first_own
+    live = (owner >= 0)
+    live[free_slots] = True
+    rest = state["free"] - shared - k * first_own
+    return rest >= 0 and _safe(c[live], h[live], rest)
 
   def insert(n_prompts):
+    """Admit up to n prompts (a prefix, while safe): prefill calls."""
     n_prompts = min(n_prompts, len(queue))
     for _ in range(n_prompts):
+      free = np.flatnonzero(owner < 0)[:k]
+      if not admissible(free):
+        break
       b = queue.pop(0)
-      free = np.flatnonzero(left == 0)[:k]
       left[free] = lens_bk[b] - 1
       age[free] = 1
-    calls = -(-n_prompts // refill)
-    acc["pre_s"] += pre["estimated_seconds"] * calls
-    acc["pre_b"] += pre["bytes_accessed"] * calls
+      owner[free] = b
+      if pool is not None:
+        claim[free], held[free] = own - first_own, first_own
+        state["free"] -= shared + k * first_own
+        live_rows[b] = k
+      release(free[left[free] == 0])  # Ended with their first token.
+    return -(-n_prompts // refill)
 
-  insert(slots // k)
+  def room():
+    free = np.flatnonzero(owner < 0)
+    return bool(queue) and len(free) >= k * refill and admissible(free[:k])
+
+  def grants(busy):
+    """Rows that may decode this step (paged: those holding the page they
+    write into, or granted one now, in slot order while safe)."""
+    if pool is None:
+      return busy
+    run = busy.copy()
+    for s in np.flatnonzero(busy):
+      if (p + age[s] - 1) // page < shared + held[s]:
+        continue  # Writes into a page it holds.
+      c, h = claim.copy(), held.copy()
+      c[s] -= 1
+      h[s] += 1
+      live = owner >= 0
+      if state["free"] >= 1 and _safe(c[live], h[live], state["free"] - 1):
+        claim[s], held[s] = c[s], h[s]
+        state["free"] -= 1
+      else:
+        run[s] = False
+    return run
+
+  first = slots // k if pool is None else min(
+      slots // k, pages // paged.worst_prompt_pages(p, k, max_new_tokens,
+                                                    page))
+  calls = insert(first)
   while queue or left.any():
-    if queue and (left == 0).sum() >= k * refill:
-      insert(refill)
+    if room():
+      calls += insert(refill)
     busy = left > 0
     if not busy.any():
+      yield np.zeros(0), calls
+      calls = 0
       continue
-    w = win(np.array([p + age[busy].max()]))
-    # A ragged kernel: each busy row reads its own fill, free slots none.
-    own = np.array([(p + age[busy]).sum() / slots])
-    acc["sec"] += float(step_s(w)[0])
-    acc["nbytes"] += float(step_b(w)[0])
-    acc["own_s"] += float(step_s(own)[0])
-    acc["own_b"] += float(step_b(own)[0])
-    acc["steps"] += 1
-    left[busy] -= 1
-    age[busy] += 1
-  out["continuous"] = (acc["pre_s"] + acc["sec"], acc["steps"],
-                       acc["pre_b"] + acc["nbytes"])
-  out["continuous_ragged_kernel"] = (acc["pre_s"] + acc["own_s"],
-                                     acc["steps"],
-                                     acc["pre_b"] + acc["own_b"])
-  return out
+    run = grants(busy)
+    left[run] -= 1
+    age[run] += 1
+    yield p + age[run] - 1, calls
+    calls = 0
+    release(np.flatnonzero(run & (left == 0)))
 
 
 def estimate(cfg, costs: dict, specs: dict, spread: str,

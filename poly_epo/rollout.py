@@ -157,7 +157,7 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     if stats is not None:
       for name, value in out.stats.items():
         add = name in ("steps", "slot_steps", "busy_steps", "segments",
-                       "pages_leaked")
+                       "pages_leaked", "page_waits")
         most = name == "pages_peak"
         stats[name] = (stats.get(name, 0) + value if add else
                        max(stats.get(name, 0), value) if most else value)

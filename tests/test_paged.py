@@ -1,8 +1,11 @@
-"""poly_epo.models.paged: page allocation checked by brute force (each
-row's own pages, a prompt's full pages shared, counts that add up, the
-longest prefix admitted), prompt writes read back, and paged attention =
-a NumPy softmax over each row's filled slots ("window", "full", and the
-Pallas TPU kernel in interpret mode)."""
+"""poly_epo.models.paged: the banker's test, admissions and page grants
+checked against brute force (every order of the rows tried), a prompt's
+full pages shared and the partial page each sample's own, pages returned;
+prompt writes read back; paged attention = a NumPy softmax over each row's
+filled slots ("window", "full", and the Pallas TPU kernel in interpret
+mode)."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -12,64 +15,158 @@ import pytest
 from poly_epo.models import paged
 
 
-def _allocate(plen, ok, pool, k=3, L=5, page=4, m=4, refs=None):
-  refs = jnp.zeros(pool + 1, jnp.int32) if refs is None else refs
-  out = paged.allocate(refs, jnp.asarray(plen, jnp.int32),
-                       jnp.asarray(ok), num_samples=k, max_new_tokens=L,
-                       page=page, pages_per_row=m)
-  return tuple(np.asarray(x) for x in out)
+def _safe_brute(claim, held, free) -> bool:
+  """Some order lets every row get its whole claim, each returning what it
+  held when it ends."""
+  n = len(claim)
+  for order in itertools.permutations(range(n)):
+    f, ok = free, True
+    for i in order:
+      if claim[i] > f:
+        ok = False
+        break
+      f += held[i]
+    if ok:
+      return True
+  return n == 0
 
 
-def test_allocation_by_brute_force():
-  k, L, page, m = 3, 5, 4, 4
-  plen = np.array([9, 2, 4, 0, 7])
-  ok = np.array([True, True, True, False, True])
-  pool = 40
-  refs, table, taken = _allocate(plen, ok, pool, k, L, page, m)
-  dump = pool
-  need = []
-  for b, n in enumerate(plen):
-    shared = n // page
-    own = -(-(n + L) // page) - shared  # Pages to plen + L, per sample.
-    need.append(shared + k * own if ok[b] else 0)
-  # The longest prefix of candidates whose pages fit the pool.
-  fits = np.cumsum(need) <= pool
-  np.testing.assert_array_equal(taken, fits)
-  holders = {}
-  for b, n in enumerate(plen):
-    rows = table[b * k:(b + 1) * k]
-    if not (ok[b] and fits[b]):
-      assert (rows == dump).all()
+_SAFE = jax.jit(paged.safe)
+_GRANT = jax.jit(paged.grant, static_argnums=6)
+
+
+def test_the_bankers_test_by_brute_force():
+  rs = np.random.RandomState(0)
+  for _ in range(300):
+    n = rs.randint(1, 6)
+    claim, held = rs.randint(0, 5, n), rs.randint(0, 4, n)
+    live = rs.rand(n) < 0.8
+    free = rs.randint(0, 5)
+    got = bool(_SAFE(jnp.asarray(claim), jnp.asarray(held),
+                     jnp.asarray(live), free))
+    assert got == _safe_brute(claim[live], held[live], free), (
+        claim, held, live, free)
+
+
+def test_admission_by_brute_force():
+  k, L, page, m, pool = 2, 5, 4, 4, 14
+  plen = np.array([9, 2, 4, 0, 7, 3])
+  ok = plen > 0
+  slots = np.arange(12).reshape(6, 2)  # Candidate i -> slots 2i, 2i + 1.
+  # One live row already: claims 2 more pages, holds 1 of its own, and 2
+  # pages of the pool (its prompt's and its own) are taken.
+  claim0, held0 = np.zeros(12, int), np.zeros(12, int)
+  live0 = np.zeros(12, bool)
+  claim0[11], held0[11], live0[11] = 2, 1, True
+  refs0 = np.zeros(pool + 1, np.int32)
+  refs0[[3, 7]] = 1
+  refs, table, taken, claim, held = (np.asarray(x) for x in paged.admit(
+      jnp.asarray(refs0), jnp.asarray(claim0), jnp.asarray(held0),
+      jnp.asarray(live0), jnp.asarray(plen), jnp.asarray(ok),
+      jnp.asarray(slots[:, :]), max_new_tokens=L, page=page,
+      pages_per_row=m))
+  # The reference: candidates in order, each admitted if the state with
+  # its rows stays safe; the first refusal ends the admissions.
+  c, h, live, free = claim0.copy(), held0.copy(), live0.copy(), pool - 2
+  want = []
+  for i, n in enumerate(plen):
+    if not ok[i]:
+      want.append(not want or want[-1])
       continue
-    shared = n // page
+    shared, partial = n // page, int(n % page > 0)
     own = -(-(n + L) // page) - shared
+    c2, h2, l2 = c.copy(), h.copy(), live.copy()
+    c2[slots[i]], h2[slots[i]], l2[slots[i]] = own - partial, partial, True
+    f2 = free - shared - k * partial
+    fits = f2 >= 0 and _safe_brute(c2[l2], h2[l2], f2)
+    want.append((not want or want[-1]) and fits)
+    if want[-1]:
+      c, h, live, free = c2, h2, l2, f2
+  np.testing.assert_array_equal(taken, want)
+  assert 0 < sum(want[i] and ok[i] for i in range(6)) < ok.sum()
+  np.testing.assert_array_equal(claim, c)
+  np.testing.assert_array_equal(held, h)
+  # Tables: a prompt's full pages shared by its samples, the partial page
+  # each sample's own, nothing else yet; pages taken were free.
+  counts = refs0.copy()
+  for i, n in enumerate(plen):
+    rows = table[i * k:(i + 1) * k]
+    if not (want[i] and ok[i]):
+      assert (rows == pool).all()
+      continue
+    shared, partial = n // page, int(n % page > 0)
     for j in range(k):
-      used = rows[j][rows[j] != dump]
-      assert len(used) == shared + own
-      assert (rows[j][:shared + own] != dump).all()  # In order, from 0.
+      assert (rows[j][:shared + partial] != pool).all()
+      assert (rows[j][shared + partial:] == pool).all()
       np.testing.assert_array_equal(rows[j][:shared], rows[0][:shared])
-      for e in used:
-        holders[e] = holders.get(e, 0) + 1
-  counts = np.zeros(pool + 1, int)
-  for e, c in holders.items():
-    counts[e] = c
+      counts[rows[j][:shared + partial]] += 1
+    if partial:
+      assert rows[0][shared] != rows[1][shared]
+  assert counts[3] == 1 and counts[7] == 1  # Untouched.
   np.testing.assert_array_equal(refs, counts)
-  # Shared prompt pages are held k times, every other page once.
-  assert set(holders.values()) <= {1, k}
-  assert sum(v == k for v in holders.values()) == sum(
-      (n // page) for b, n in enumerate(plen) if ok[b] and fits[b])
 
 
-def test_admission_stops_at_the_first_prompt_that_does_not_fit():
-  # A prompt of 2 tokens, 3 samples of up to 5: 3 x 2 pages of 4 slots.
-  refs, table, taken = _allocate([2, 2, 2], [True] * 3, pool=13)
-  np.testing.assert_array_equal(taken, [True, True, False])
-  assert refs[:-1].sum() == 12 and (table[6:] == 13).all()
-  # Pages in use are not handed out again: one page left.
-  _, _, taken2 = _allocate([2], [True], pool=13, refs=jnp.asarray(refs))
-  np.testing.assert_array_equal(taken2, [False])
-  freed = paged.hold(jnp.asarray(refs), jnp.asarray(table), -1)
-  assert int(jnp.sum(freed)) == 0 and int(paged.free_pages(freed)) == 13
+def test_grants_keep_the_state_safe_and_some_row_moves():
+  rs = np.random.RandomState(1)
+  page, m, pool = 2, 6, 9
+  seen = {"granted": 0, "waited": 0}
+  for _ in range(40):
+    n = 5
+    live = rs.rand(n) < 0.9
+    held = rs.randint(0, 3, n) * live
+    claim = rs.randint(1, 4, n) * live
+    if live.sum() == 0 or sum(held) > pool:
+      continue
+    free = pool - held.sum()
+    if not _safe_brute(claim[live], held[live], free):
+      continue  # Only safe states occur.
+    table = np.full((n, m), pool, np.int32)
+    refs = np.zeros(pool + 1, np.int32)
+    ids = iter(range(pool))
+    for r in range(n):
+      for e in range(held[r]):
+        table[r, e] = next(ids)
+        refs[table[r, e]] = 1
+    # Each live row writes just past its pages (needs one) or inside them.
+    inside = rs.rand(n) < 0.3
+    slot = np.where(inside & (held > 0), 0, held * page)
+    out = _GRANT(jnp.asarray(refs), jnp.asarray(table),
+                      jnp.asarray(claim), jnp.asarray(held),
+                      jnp.asarray(live), jnp.asarray(slot), page)
+    refs2, table2, claim2, held2, waiting = (np.asarray(x) for x in out)
+    need = live & (slot // page >= held)
+    assert not (waiting & ~need).any()
+    assert (live & ~waiting).any()  # Some row always moves.
+    # Replay the grants in slot order against the brute-force test.
+    c, h, f = claim.copy(), held.copy(), free
+    for r in np.flatnonzero(need):
+      c2, h2 = c.copy(), h.copy()
+      c2[r] -= 1
+      h2[r] += 1
+      ok = f >= 1 and _safe_brute(c2[live], h2[live], f - 1)
+      assert ok == (not waiting[r]), (claim, held, live, r)
+      seen["granted" if ok else "waited"] += 1
+      if ok:
+        c, h, f = c2, h2, f - 1
+        new = table2[r, slot[r] // page]
+        assert new != pool and refs[new] == 0 and refs2[new] == 1
+    np.testing.assert_array_equal(claim2, c)
+    np.testing.assert_array_equal(held2, h)
+    assert (refs2[:-1] > 0).sum() == pool - f
+  assert seen["granted"] > 5 and seen["waited"] > 5, seen  # Both happen.
+
+
+def test_pages_return_to_the_pool():
+  refs = jnp.zeros(9, jnp.int32)
+  refs, table, taken, _, _ = paged.admit(
+      refs, jnp.zeros(4, jnp.int32), jnp.zeros(4, jnp.int32),
+      jnp.zeros(4, bool), jnp.asarray([9, 6]), jnp.asarray([True, True]),
+      jnp.arange(4).reshape(2, 2), max_new_tokens=3, page=4,
+      pages_per_row=3)
+  # 9 tokens: 2 shared pages + a partial one each; 6: 1 + a partial each.
+  assert np.asarray(taken).all() and int(paged.free_pages(refs)) == 8 - 7
+  freed = paged.hold(refs, table, -1)
+  assert int(jnp.sum(freed)) == 0 and int(paged.free_pages(freed)) == 8
 
 
 def _pool(rows, kh=2, h=8, page=4, m=4, seed=0, bf16=False):

@@ -40,6 +40,26 @@ def test_replay_takes_the_engines_decode_steps(engine_name, slots, refill):
   assert got[name][1] == stats["steps"]
 
 
+@pytest.mark.parametrize("slots,pages,page", [(24, 30, 4), (9, 40, 8)])
+def test_paged_replay_takes_the_engines_decode_steps(slots, pages, page):
+  """Refills that wait for pages as well as slots: the replay (the
+  planner's `continuous_paged`) decides as the engine does."""
+  model = init_model(preset("tiny", vocab_size=8), seed=1)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  b, k, p, length = 8, 3, 5, 20
+  tokens = np.random.RandomState(0).randint(3, 8, (b, p))
+  stats = {}
+  out = rollout.rollout(graphdef, params, rest, tokens, np.ones((b, p), bool),
+                        np.arange(b), rng=jax.random.key(3), num_samples=k,
+                        max_new_tokens=length, eos_id=2, pad_id=0,
+                        engine="continuous", slots=slots, cache="paged",
+                        pages=pages, page_size=page, stats=stats)
+  assert stats["pages_peak"] > pages - 2 * k * (-(-(p + length) // page))
+  steps = sum(len(fills) > 0 for fills, _ in plan_rollout._replay(
+      out.lengths, p, k, slots, 1, (pages, page), length))
+  assert steps == stats["steps"]
+
+
 def test_length_spreads():
   cap = 400
   assert (plan_rollout.lengths("max", 50, cap) == cap).all()

@@ -12,17 +12,19 @@ there and it is never handed out. A row's page table `table_NM` lists its
 pages in order (entry m holds the row's slots [m * page, (m + 1) * page));
 a free slot's entries are all the dump page.
 
-Allocation (`allocate`, when the engine inserts prompts): each prompt's
-`plen // page` full prompt pages once, shared by its k samples (reference
-counted), and per sample the pages from there up to `plen + L` (the partial
-prompt page is each sample's own copy: its response continues it). A
-prompt is admitted only when all of that is free, so a decode step never
-waits for a page and the engine never deadlocks; each sample's pages go
-back to the pool when it ends (`hold(..., -1)`). `refs_P` [NP + 1] counts
-the rows holding each page (0 = free; the dump page's count is never
-touched). What paging buys: no prompt padding, one copy of a prompt's KV
-for its k samples, and so more slots in the same memory (the pool is
-sized by `rollout.pages`, not by slots x the longest row).
+Allocation. A prompt is admitted (`admit`) with its full prompt pages,
+held once for its k samples (reference counted), and each sample's
+partial prompt page (its response continues it); the rest of a sample's
+pages are handed out one at a time as it grows (`grant`), so memory
+follows the tokens actually decoded. The pool may be smaller than every
+row's longest: admissions and grants follow the banker's algorithm
+(`safe`: each row's claim is its pages up to plen + L), so a grant that
+could leave the rows unable to finish waits, no row ever waits forever,
+and nothing is recomputed. `refs_P` [NP + 1] counts the rows holding each
+page (0 = free; the dump page's count is never touched); a sample's pages
+return as it ends. What paging buys: no prompt padding, one copy of a
+prompt's KV for its k samples, and pages only for the tokens decoded, so
+more slots in the same memory (the pool is `rollout.pages`).
 
 Attention (`attend`): "window" gathers every row's first pages up to the
 longest fill (power-of-two buckets, like the contiguous window) into the
@@ -54,17 +56,24 @@ def pool_shape(cfg, pages: int, page: int) -> tuple:
 
 
 def row_pages(plen, max_new_tokens: int, page: int):
-  """(shared, private) pages of a prompt of `plen` tokens: its full prompt
-  pages (shared by its samples) and each sample's own pages up to
-  plen + L."""
+  """(shared, own) pages of a prompt of `plen` tokens: its full prompt
+  pages (shared by its samples) and the most pages of each sample's own
+  (the partial prompt page, then its response's) up to plen + L."""
   shared = plen // page
   return shared, -(-(plen + max_new_tokens) // page) - shared
 
 
 def prompt_pages(plen, num_samples: int, max_new_tokens: int, page: int):
-  """Pages a prompt and its samples hold at most (admission)."""
-  shared, private = row_pages(plen, max_new_tokens, page)
-  return shared + num_samples * private
+  """Pages a prompt and its samples hold at most."""
+  shared, own = row_pages(plen, max_new_tokens, page)
+  return shared + num_samples * own
+
+
+def worst_prompt_pages(width: int, num_samples: int, max_new_tokens: int,
+                       page: int) -> int:
+  """The most pages a prompt of up to `width` tokens can hold."""
+  return max(prompt_pages(n, num_samples, max_new_tokens, page)
+             for n in range(width + 1))
 
 
 def hold(refs_P, table_NM, delta: int, on_N=None):
@@ -82,37 +91,112 @@ def free_pages(refs_P):
   return jnp.sum(refs_P[:-1] == 0).astype(jnp.int32)
 
 
-def allocate(refs_P, plen_B, ok_B, *, num_samples: int, max_new_tokens: int,
-             page: int, pages_per_row: int):
-  """Pages for B candidate prompts' k samples each (rows b * k + j).
+def safe(claim_S, held_S, live_S, free):
+  """The banker's test: can every live row still get all the pages it may
+  need (`claim_S`), in some order, if each returns its own pages
+  (`held_S`) when it ends? Rows in order of claim, each needing at most the
+  free pages plus those of the rows before it. Shared prompt pages are not
+  counted as returned (conservative: still safe)."""
+  r = jnp.where(live_S, claim_S, 0)
+  h = jnp.where(live_S, held_S, 0)
+  order = jnp.argsort(r)
+  r, h = r[order], h[order]
+  return jnp.all(r <= free + jnp.cumsum(h) - h)
 
-  Admits the longest prefix of candidates whose pages are all free
-  (candidates that are not `ok_B` need none).
+
+def admit(refs_P, claim_S, held_S, live_S, plen_B, ok_B, slots_BK, *,
+          max_new_tokens: int, page: int, pages_per_row: int):
+  """Admit candidate prompts in queue order while the state stays safe.
+
+  Each admitted prompt takes its full prompt pages (shared by its k
+  samples) and, per sample, the partial prompt page if any; its samples'
+  remaining pages are claimed, handed out as they grow (`grant`).
+
+  Args:
+    claim_S, held_S, live_S: the device's slots (pages each may still
+      need, own pages held, decoding a row).
+    plen_B, ok_B: candidate prompts (not ok: needs nothing, admitted).
+    slots_BK: the free slots each candidate's k samples go to.
 
   Returns:
-    (refs_P with the new rows' holds, table [B * k, M] (the dump page where
-    unused or not admitted), taken_B: the admitted prefix, not-ok
-    candidates inside it included).
+    (refs_P, table [B * k, M] of the new rows (the dump page where unused
+    or not admitted), taken_B (the admitted prefix, not-ok candidates in it
+    included), claim_S, held_S).
   """
-  k, m = num_samples, pages_per_row
+  b, k = slots_BK.shape
+  shared, own = row_pages(plen_B, max_new_tokens, page)
+  first = (plen_B % page > 0).astype(jnp.int32)  # The partial prompt page.
+
+  def one(i, carry):
+    claim, held, live, free, going, taken = carry
+    rows = slots_BK[i]
+    c2 = claim.at[rows].set(own[i] - first[i])
+    h2 = held.at[rows].set(first[i])
+    l2 = live.at[rows].set(True)
+    f2 = free - shared[i] - k * first[i]
+    fits = (f2 >= 0) & safe(c2, h2, l2, f2)
+    take = going & (~ok_B[i] | fits)
+    add = take & ok_B[i]
+    pick = lambda new, old: jnp.where(add, new, old)
+    return (pick(c2, claim), pick(h2, held), pick(l2, live),
+            pick(f2, free), take, taken.at[i].set(take))
+
+  claim_S, held_S, _, _, _, taken = jax.lax.fori_loop(
+      0, b, one, (claim_S, held_S, live_S, free_pages(refs_P),
+                  jnp.asarray(True), jnp.zeros((b,), bool)))
+  refs_P, table = _allocate(refs_P, shared, first, ok_B & taken, k,
+                            pages_per_row)
+  return refs_P, table, taken, claim_S, held_S
+
+
+def _allocate(refs_P, shared_B, own_B, admitted_B, k: int, m: int):
+  """Free pages to admitted prompts: `shared_B` once per prompt (table
+  entries [0, shared)), `own_B` per sample (entries after them)."""
   dump = refs_P.shape[0] - 1
-  b = plen_B.shape[0]
-  shared, private = row_pages(plen_B, max_new_tokens, page)
-  need = jnp.where(ok_B, shared + k * private, 0)
-  taken = jnp.cumsum(need) <= free_pages(refs_P)  # A prefix: need >= 0.
-  admitted = ok_B & taken
-  need = jnp.where(admitted, need, 0)
+  b = shared_B.shape[0]
+  need = jnp.where(admitted_B, shared_B + k * own_B, 0)
   start = jnp.cumsum(need) - need
   total = b * k * m
   ids = jnp.nonzero(refs_P[:dump] == 0, size=total, fill_value=dump)[0]
   row = jnp.arange(b * k)
   pb, j = row // k, (row % k)[:, None]
-  sh, pr, st = shared[pb][:, None], private[pb][:, None], start[pb][:, None]
+  sh, pr, st = shared_B[pb][:, None], own_B[pb][:, None], start[pb][:, None]
   e = jnp.arange(m)[None]
   idx = jnp.where(e < sh, st + e, st + sh + j * pr + (e - sh))
-  table = jnp.where(admitted[pb][:, None] & (e < sh + pr),
+  table = jnp.where(admitted_B[pb][:, None] & (e < sh + pr),
                     ids[jnp.clip(idx, 0, total - 1)], dump)
-  return hold(refs_P, table, 1), table.astype(jnp.int32), taken
+  return hold(refs_P, table, 1), table.astype(jnp.int32)
+
+
+def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int):
+  """A page to every live row about to write into a page it does not hold
+  (slot `slot_S`), in slot order, each grant only if the state stays safe;
+  the others wait (they decode nothing this step). The first row of a safe
+  order can always be granted, so some row always moves.
+
+  Returns (refs_P, table_SM, claim_S, held_S, waiting_S)."""
+  dump = refs_P.shape[0] - 1
+  n = table_SM.shape[0]
+  rows = jnp.arange(n)
+  entry = slot_S // page
+  need = live_S & (table_SM[rows, entry] == dump)
+  order = jnp.nonzero(need, size=n, fill_value=n)[0]
+
+  def one(i, carry):
+    refs, table, claim, held, waiting = carry
+    s = order[i]
+    free = free_pages(refs)
+    c2, h2 = claim.at[s].add(-1), held.at[s].add(1)
+    ok = (free >= 1) & safe(c2, h2, live_S, free - 1)
+    new = jnp.argmax(refs[:dump] == 0)
+    return (jnp.where(ok, refs.at[new].set(1), refs),
+            jnp.where(ok, table.at[s, entry[s]].set(new), table),
+            jnp.where(ok, c2, claim), jnp.where(ok, h2, held),
+            waiting.at[s].set(~ok))
+
+  return jax.lax.fori_loop(
+      0, jnp.sum(need), one,
+      (refs_P, table_SM, claim_S, held_S, jnp.zeros((n,), bool)))
 
 
 def write_prompt(pool, prefill_NKPH, table_NM):
