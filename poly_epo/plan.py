@@ -227,7 +227,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   w_full = specs["windows"][0]
   est["decode_step"] = est.pop(f"decode_step_w{w_full}")
   cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
-  rollout_s = schedules[cfg.rollout.engine]["seconds"]
+  rollout_s = schedules[plan_rollout.configured(cfg)]["seconds"]
   update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
       "compiler": compiler,

@@ -20,8 +20,15 @@ each device with its own block of prompts, exactly as the engine decides:
 - `continuous`: the engine's slots refilled from the device's queue, each
   step reading the window of its longest busy row, a prefill per refill;
 - `continuous_ragged_kernel`: the same schedule if each busy row read only
-  its own fill (what a ragged / paged decode kernel does; not built yet, see
-  docs/ROLLOUT.md): the step cost at the busy rows' mean fill.
+  its own fill (what a ragged / paged decode kernel does): the step cost at
+  the busy rows' mean fill;
+- `continuous_paged`: `rollout.cache="paged"` with the Pallas TPU kernel
+  (`rollout.attention="auto"` on TPU): a slot for every row of the
+  device, a pool of pages as large as the contiguous cache's memory,
+  prompts admitted and pages granted as the engine does (the banker's
+  test, `models/paged.py`), each step's KV read at the busy rows' own
+  fill. Prompts at full width here, so no sharing is counted beyond their
+  full pages.
 
 Prompts are taken at their full width `max_prompt_tokens` (no gain counted
 from shorter prompts). Reported per schedule: seconds, decode steps, bytes
@@ -109,12 +116,22 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes):
            "devices": d, "chunk_dev": chunk_dev})
 
 
+def configured(cfg) -> str:
+  """The schedule a config runs: its engine, or `continuous_paged` (the
+  paged cache; its kernel reads each row's own fill)."""
+  r = cfg.rollout
+  paged = r.get("cache", "contiguous") == "paged"
+  return "continuous_paged" if paged and r.engine == "continuous" else \
+      r.engine
+
+
 def _planned(attention: str) -> str:
-  """The attention the planner compiles: the Pallas GPU kernel ("pallas",
-  and "auto" on GPU) is a custom call the compiler's cost model cannot see
-  into, so it is planned as the window; `continuous_ragged_kernel`
-  estimates each row reading its own fill."""
-  return "window" if attention in ("pallas", "auto") else attention
+  """The attention the planner compiles: the Pallas kernels ("pallas",
+  "tpu_paged", "auto") are custom calls the compiler's cost model cannot
+  see into, so they are planned as the window; `continuous_ragged_kernel`
+  and `continuous_paged` estimate each row reading its own fill."""
+  return "window" if attention in ("pallas", "auto", "tpu_paged") \
+      else attention
 
 
 def _linear(c1, c2, w1, w2):

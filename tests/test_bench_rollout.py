@@ -17,7 +17,7 @@ def test_json_object_and_counts():
       [sys.executable, "-m", "poly_epo.bench", "rollout", "--preset",
        "bench-s", "--lengths", "uniform", "--prompts", "6", "--samples", "2",
        "--prompt-len", "8", "--new-tokens", "40", "--chunk", "2",
-       "--repeats", "1", "--json"],
+       "--repeats", "1", "--paged", "--page-size", "8", "--json"],
       cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
       env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
   res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -32,6 +32,13 @@ def test_json_object_and_counts():
   # longest row; continuous refills, so it executes fewer row-steps.
   assert res["continuous"]["executed_row_steps"] < \
       res["static"]["executed_row_steps"]
+  # The paged cache: twice the slots in the contiguous cache's memory (2
+  # prompts x 2 samples x 6 pages of 8), the same tokens.
+  paged = res["continuous_paged"]
+  assert paged["tokens_equal_static"] is True
+  assert paged["slots"] == 8 and paged["pages"] == 24
+  assert 0 < paged["pages_peak"] <= 24
+  assert paged["useful_row_steps"] == paged["useful_tokens"] - 6 * 2
 
 
 def test_fill_tokens_counts_each_decode_steps_filled_slots():

@@ -15,7 +15,13 @@ the same rollout (B prompts x k samples, the same memory: a static chunk of
 - continuous: `--chunk x k` slots refilled from the whole batch's queue;
 - with `--kernel`: continuous_pallas, the continuous engine with the
   Pallas GPU decode kernel (`rollout.attention="pallas"`: each row reads its
-  own fill; on CPU it runs interpreted, so use it on GPU).
+  own fill; on CPU it runs interpreted, so use it on GPU);
+- with `--paged`: continuous_paged, the continuous engine over the paged
+  cache (`rollout.cache="paged"`) with `--paged-slots` slots (default:
+  twice continuous's) in the contiguous cache's memory (`--pages`, default
+  continuous's slots x its pages per row): pages follow the tokens
+  decoded, a prompt's pages are shared by its samples, rows wait for a
+  page when the pool is short.
 
 `--attention` sets the static and continuous runs' decode attention
 (default "window"). On a GPU the report adds each run's weight + KV bytes
@@ -64,6 +70,14 @@ def _parse(argv):
                   help="decode attention of the static and continuous runs")
   ap.add_argument("--kernel", action="store_true",
                   help="also run continuous with the Pallas GPU kernel")
+  ap.add_argument("--paged", action="store_true",
+                  help="also run continuous over the paged cache")
+  ap.add_argument("--paged-slots", type=int, default=0,
+                  help="its slots (default: 2 x --chunk x k)")
+  ap.add_argument("--pages", type=int, default=0,
+                  help="its pool (default: the contiguous cache's memory)")
+  ap.add_argument("--page-size", type=int, default=0,
+                  help="slots per page (default: the attention block)")
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--json", action="store_true", help="one JSON object")
@@ -111,7 +125,9 @@ def _run(args, policy, tokens, mask, **kw):
       "executed_row_steps": stats["slot_steps"],
       "useful_row_steps": useful - rows,
       "decode_steps": stats["steps"], "slots": stats["slots"],
-      "host_round_trips": stats["segments"]}
+      "host_round_trips": stats["segments"],
+      **{name: stats[name] for name in ("pages", "page_size", "pages_peak",
+                                        "page_waits") if name in stats}}
 
 
 def bench(args) -> dict:
@@ -137,6 +153,18 @@ def bench(args) -> dict:
     extra["continuous_pallas"]["tokens_equal_static"] = same(kern)
     extra["continuous_pallas"]["max_abs_logprob_diff"] = float(
         np.abs(np.where(ref.mask, kern.logprobs - ref.logprobs, 0)).max())
+  if args.paged:
+    from poly_epo import engine
+    block = engine.plan_spec(batch_dev=1, prompt_width=args.prompt_len,
+                             num_samples=k, max_new_tokens=args.new_tokens,
+                             cache="paged", page_size=args.page_size).page
+    per_row = -(-(args.prompt_len + args.new_tokens) // block)
+    pg, extra["continuous_paged"] = _run(
+        args, policy, tokens, mask, engine="continuous",
+        slots=args.paged_slots or 2 * args.chunk * k, refill=args.refill,
+        attention=args.attention, cache="paged", page_size=block,
+        pages=args.pages or args.chunk * k * per_row)
+    extra["continuous_paged"]["tokens_equal_static"] = same(pg)
   runs = {"static_full": static_full, "static": static,
           "continuous": continuous, **extra}
   _roofline(cfg, args, runs, _fill_tokens(mask, ref.lengths))
@@ -196,13 +224,19 @@ def main(argv=None):
         f"(= continuous slots {res['chunk_prompts'] * res['samples']})")
   print(f"{'engine':<17} {'wall s':>8} {'useful tok/s':>13} "
         f"{'executed row-steps':>19} {'useful':>9} {'round trips':>12}")
-  for name in ("static_full", "static", "continuous", "continuous_pallas"):
+  for name in ("static_full", "static", "continuous", "continuous_pallas",
+               "continuous_paged"):
     if name not in res:
       continue
     r = res[name]
     roof = (f"  {r['ms_per_step']:.2f} ms/step, roofline "
             f"{100 * r['roofline_fraction']:.0f}%" if "roofline_s" in r
             else "")
+    if "pages" in r:
+      roof += (f"  {r['slots']} slots, pool {r['pages']} pages of "
+               f"{r['page_size']} (peak {r['pages_peak']}), "
+               f"{r['page_waits']} row-steps waited for a page, tokens "
+               f"equal: {r['tokens_equal_static']}")
     print(f"{name:<17} {r['wall_s']:>8.2f} "
           f"{r['useful_tokens_per_s']:>13.0f} "
           f"{r['executed_row_steps']:>19d} {r['useful_row_steps']:>9d} "
