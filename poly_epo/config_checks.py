@@ -55,7 +55,8 @@ def check_config(cfg) -> None:
        f"{r.cache!r}: one of {engine.CACHES}")
   need(r.page_size >= 0, "rollout.page_size", "must be >= 0")
   need(r.pages >= 0, "rollout.pages", "must be >= 0")
-  need(r.cache == "paged" or r.attention != "tpu_paged", "rollout.attention",
+  need(r.cache != "contiguous" or r.attention != "tpu_paged",
+       "rollout.attention",
        "'tpu_paged' reads a paged cache: set rollout.cache='paged'")
   need(r.refill >= 1, "rollout.refill", "must be >= 1")
   shards = max(jax.device_count() // max(cfg.mesh.tensor, 1), 1)

@@ -94,9 +94,10 @@ def base_config() -> ml_collections.ConfigDict:
   # tpu_paged (JAX's Pallas TPU paged-attention kernel; rollout.cache=paged)
   # | auto (pallas on GPU, tpu_paged on TPU with the paged cache, else
   # window).
-  c.rollout.cache = "contiguous"  # KV cache: contiguous (a row per slot) |
-  # paged (a pool of pages: each row holds its own length's pages, a
-  # prompt's k samples share its prompt pages; docs/ROLLOUT.md).
+  c.rollout.cache = "auto"  # KV cache: contiguous (a row per slot) |
+  # paged (a pool of pages handed out as rows grow; a prompt's k samples
+  # share its prompt pages; docs/ROLLOUT.md) | auto (paged with the TPU
+  # kernel on TPU, contiguous elsewhere).
   c.rollout.page_size = 0  # Slots per page (0 = the attention block).
   c.rollout.pages = 0  # Pool pages over all devices (0 = the contiguous
   # cache's memory); fewer pages: refills wait for free ones. Same tokens.

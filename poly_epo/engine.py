@@ -49,7 +49,17 @@ from poly_epo.models.transformer import init_cache, rope_table
 from poly_epo.sampling import sample_tokens
 
 ENGINES = ("static", "continuous")
-CACHES = ("contiguous", "paged")
+CACHES = ("contiguous", "paged", "auto")
+
+
+def resolve_cache(cache: str, attention: str, platform: str) -> str:
+  """"auto": the paged cache where its kernel runs (TPU, with attention
+  "auto" or "tpu_paged"), else contiguous (on GPU the Pallas kernel reads
+  the contiguous cache)."""
+  if cache != "auto":
+    return cache
+  kernel = platform == "tpu" and attention in ("auto", "tpu_paged")
+  return "paged" if kernel else "contiguous"
 
 
 class Consts(NamedTuple):
@@ -411,17 +421,23 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               top_k: int = 0, top_p: float = 1.0, eos_id: int = -1,
               pad_id: int = 0, forced_lengths: str = "",
               keys_ch: bool | None = None, cache: str = "contiguous",
-              page_size: int = 0, pages_dev: int = 0,
+              page_size: int = 0, pages_dev: int = 0, pool_rows_dev: int = 0,
               platform: str | None = None) -> Spec:
   """The static settings of one device's engine, errors naming the fields.
   `platform`: the devices the program is for (default: the default
-  backend's); it resolves the paged cache's attention (`paged.resolve`)."""
+  backend's); it resolves the cache and the paged cache's attention.
+  Paged: `pages_dev` pages, or the memory of `pool_rows_dev` contiguous
+  rows (then, with no `slots_dev`, a slot for every row)."""
   if engine not in ENGINES:
     raise ValueError(f"rollout.engine={engine!r} must be one of {ENGINES}")
   if cache not in CACHES:
     raise ValueError(f"rollout.cache={cache!r} must be one of {CACHES}")
+  platform = platform or jax.default_backend()
+  cache = resolve_cache(cache, attention, platform)
   k = num_samples
-  small_pool = cache == "paged" and bool(pages_dev)  # Refills wait for it.
+  small_pool = cache == "paged" and bool(pages_dev or pool_rows_dev)
+  if engine == "continuous" and small_pool and not slots_dev:
+    slots_dev = batch_dev * k  # Refills wait for pages, not slots.
   if engine == "static" or not slots_dev or (
       slots_dev >= batch_dev * k and not small_pool):
     slots_dev, first, refill = batch_dev * k, batch_dev, 0
@@ -442,7 +458,7 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
     raise ValueError("rollout.attention='tpu_paged' reads a paged cache: "
                      "set rollout.cache='paged'")
   if cache == "paged":
-    attention = paged.resolve(attention, platform or jax.default_backend())
+    attention = paged.resolve(attention, platform)
     page = page_size or block
     if page < 1:
       raise ValueError(f"rollout.page_size={page_size} must be >= 1")
@@ -450,7 +466,7 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
   cache_len = -(-(prompt_width + max_new_tokens) // block) * block
   if page:
     per_row = cache_len // page
-    pages = pages_dev or slots_dev * per_row
+    pages = pages_dev or (pool_rows_dev or slots_dev) * per_row
     worst = paged.worst_prompt_pages(prompt_width, k, max_new_tokens, page)
     if pages < worst:
       raise ValueError(
@@ -501,8 +517,8 @@ def _rows(mesh, x, shards: int) -> np.ndarray:
 
 
 def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
-        spec_args: dict, slots: int = 0, pages: int = 0, mesh=None,
-        on_done=None) -> Result:
+        spec_args: dict, slots: int = 0, pages: int = 0, pool_rows: int = 0,
+        mesh=None, on_done=None) -> Result:
   """Decode this process's prompts with the engine.
 
   Args:
@@ -514,8 +530,8 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     spec_args: `plan_spec` keyword arguments except batch / width / slots.
     slots: decode slots summed over all devices (continuous engine; 0 = as
       many as rows).
-    pages: paged cache (`spec_args["cache"] = "paged"`): pool pages summed
-      over all devices (0 = slots x the longest row's pages).
+    pages: paged cache: pool pages summed over all devices (0: the memory
+      of `pool_rows` contiguous rows, or of `slots` rows).
     on_done: called as `on_done(prompt_indices, tokens [n, k, L], mask
       [n, k, L])` for prompts whose k samples have all ended, while the
       others decode; each prompt once.
@@ -532,6 +548,7 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
   spec = plan_spec(platform=platform, batch_dev=b // shards, prompt_width=packed.shape[1],
                    slots_dev=slots // total if slots else 0,
                    pages_dev=pages // total if pages else 0,
+                   pool_rows_dev=pool_rows // total,
                    **{"segment_steps": 0 if on_done is None else
                       max(16, spec_args["max_new_tokens"] // 8),
                       **spec_args})

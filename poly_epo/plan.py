@@ -63,6 +63,7 @@ CHIPS = {
     "h100": 79 * 2**30,
     "h200": 139 * 2**30,
 }
+TPU_CHIPS = ("v5e", "v5p", "v6e")
 # (peak bf16 FLOP/s, HBM bytes/s) per chip, for the roofline estimate.
 CHIP_SPEED = {
     "v5e": (197e12, 819e9),
@@ -227,7 +228,8 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   w_full = specs["windows"][0]
   est["decode_step"] = est.pop(f"decode_step_w{w_full}")
   cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
-  rollout_s = schedules[plan_rollout.configured(cfg)]["seconds"]
+  rollout_s = schedules[plan_rollout.configured(
+      cfg, "tpu" if chip in TPU_CHIPS else "gpu")]["seconds"]
   update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
       "compiler": compiler,

@@ -116,13 +116,16 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes):
            "devices": d, "chunk_dev": chunk_dev})
 
 
-def configured(cfg) -> str:
-  """The schedule a config runs: its engine, or `continuous_paged` (the
-  paged cache; its kernel reads each row's own fill)."""
+def configured(cfg, platform: str) -> str:
+  """The schedule a config runs on `platform`: its engine, or
+  `continuous_paged` (the paged cache; its kernel reads each row's own
+  fill)."""
+  from poly_epo import engine
   r = cfg.rollout
-  paged = r.get("cache", "contiguous") == "paged"
-  return "continuous_paged" if paged and r.engine == "continuous" else \
-      r.engine
+  cache = engine.resolve_cache(r.get("cache", "contiguous"), r.attention,
+                               platform)
+  return "continuous_paged" if cache == "paged" and \
+      r.engine == "continuous" else r.engine
 
 
 def _planned(attention: str) -> str:

@@ -102,9 +102,11 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       x num_samples, or every row).
     refill: prompts prefilled per refill (continuous).
     attention: decode attention (`decode_attention.IMPLEMENTATIONS`).
-    cache: "contiguous" (a cache row per slot) or "paged" (a pool of
+    cache: "contiguous" (a cache row per slot), "paged" (a pool of
       `page_size`-slot pages, prompts shared by their samples; `pages`
-      over all devices, 0 = as much as the contiguous cache).
+      over all devices, 0 = the contiguous cache's memory; continuous with
+      no `slots`: a slot per row in the memory of chunk x k rows) or
+      "auto" (paged with the TPU kernel on TPU, else contiguous).
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
@@ -127,8 +129,15 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
   if mesh is not None:  # Whole rows per device: round up to its multiple.
     per = max(sharding.batch_shards(mesh) // procs, 1)
     chunk = -(-chunk // per) * per
+  pool_rows = 0
   if engine == "continuous":
-    slots = slots or chunk * procs * num_samples
+    platform = mesh.devices.flat[0].platform if mesh is not None else \
+        jax.default_backend()
+    if engine_lib.resolve_cache(cache, attention, platform) == "paged" \
+        and not slots:  # A slot per row, pages as the chunk's memory.
+      pool_rows = chunk * procs * num_samples
+    else:
+      slots = slots or chunk * procs * num_samples
     chunk = -(-b // per) * per  # One loop over the whole batch.
   params = decode_params(params, mesh, compute_dtype)
   graph, state = nnx.split(nnx.merge(graphdef, params, rest))
@@ -153,7 +162,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     done = None if on_done is None else functools.partial(
         _report, on_done, start=s, real=n)
     out = engine_lib.run(graph, state, tok, msk, key, spec_args=spec_args,
-                         slots=slots, pages=pages, mesh=mesh, on_done=done)
+                         slots=slots, pages=pages, pool_rows=pool_rows,
+                         mesh=mesh, on_done=done)
     if stats is not None:
       for name, value in out.stats.items():
         add = name in ("steps", "slot_steps", "busy_steps", "segments",

@@ -127,6 +127,18 @@ def test_paged_cache_decodes_the_same_tokens(policy, static, engine_name,
     assert stats["page_waits"] > 0
 
 
+def test_paged_default_is_a_slot_per_row_in_the_chunks_memory(policy,
+                                                              static):
+  stats = {}
+  got = _run(policy, engine="continuous", chunk_prompts=2, cache="paged",
+             page_size=8, stats=stats)
+  _same(got, static)
+  # 10 prompts x 3 samples, each in its own slot; the pool holds what 2
+  # prompts' rows of 32 slots (4 pages of 8) would in the contiguous cache.
+  assert stats["slots"] == 30 and stats["pages"] == 2 * K * 4
+  assert stats["page_waits"] > 0 and stats["pages_leaked"] == 0
+
+
 def test_paged_cache_on_a_mesh_equals_one_device(policy, static):
   mesh = sharding.make_mesh(2, 2, 2)
   stats = {}
@@ -269,7 +281,7 @@ def _assert_within_tensor_pairs(lines):
 
 
 def test_the_paged_kernel_compiles_for_a_pod_without_batch_collectives():
-  """The paged cache with the Pallas TPU kernel ("auto" on TPU), compiled by
+  """The paged cache with the Pallas TPU kernel (both "auto" on TPU), compiled by
   the TPU compiler for v5p-16: the Mosaic kernel is in the loop, and no
   collective over the batch axes; with tensor=2 each chip runs the kernel
   on its own kv head."""
@@ -279,7 +291,7 @@ def test_the_paged_kernel_compiles_for_a_pod_without_batch_collectives():
                head_dim=128)
   for shape in ((1, 8, 1), (1, 4, 2)):
     mesh = sharding.make_mesh(*shape, devices=devices)
-    text = _compile_segment(mesh, cfg, cache="paged", page_size=16,
+    text = _compile_segment(mesh, cfg, cache="auto", page_size=16,
                             max_new_tokens=120, attention="auto")
     assert "tpu_custom_call" in text
     lines = _loop_collectives(text)

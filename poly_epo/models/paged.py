@@ -278,6 +278,13 @@ def resolve(impl: str, platform: str) -> str:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"rollout.attention={impl!r} with rollout.cache="
                      f"'paged' must be one of {IMPLEMENTATIONS} or 'auto'")
+  if impl == "window" and platform == "tpu":
+    # Found compiling for v5p (libtpu of JAX 0.10.2): the gathered window
+    # under lax.switch aborts the TPU compiler (a memory-space assignment
+    # check); the kernel is what TPU should run anyway.
+    raise ValueError("rollout.attention='window' over rollout.cache="
+                     "'paged' does not compile for TPU: use 'tpu_paged' "
+                     "(or 'auto'), or 'full'")
   if impl == "tpu_paged" and platform != "tpu":
     if platform != "cpu":
       raise ValueError(f"rollout.attention='tpu_paged' is the Pallas TPU "
