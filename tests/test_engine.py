@@ -281,8 +281,8 @@ def _assert_within_tensor_pairs(lines):
 
 
 def test_the_paged_kernel_compiles_for_a_pod_without_batch_collectives():
-  """The paged cache with the Pallas TPU kernel (both "auto" on TPU), compiled by
-  the TPU compiler for v5p-16: the Mosaic kernel is in the loop, and no
+  """The paged cache with the Pallas TPU kernel (both "auto" on TPU),
+  compiled by the TPU compiler for v5p-16: the Mosaic kernel is in the loop, and no
   collective over the batch axes; with tensor=2 each chip runs the kernel
   on its own kv head."""
   from tpu_topologies import tpu_devices
