@@ -51,9 +51,12 @@ def get_config():
   c.rollout.chunk_prompts = 0  # Derived: the most prompts whose KV cache
   # (x 8 rows x 5,120 positions) fits (64 on 8 v5p / H100 chips).
   c.rollout.engine = "continuous"  # Long ragged responses: decode slots
-  c.rollout.slots = 0  # (= chunk x 8 rows) refilled from the whole batch.
+  c.rollout.slots = 0  # (= chunk x 8 rows) refilled from the whole batch;
+  # on TPU a slot per row, pages in the chunk's KV memory (below).
   c.rollout.attention = "auto"  # The Pallas decode kernel on GPU (each row
-  # reads its own fill), the filled-blocks window elsewhere.
+  # reads its own fill), the Pallas TPU paged kernel on TPU.
+  c.rollout.cache = "auto"  # Paged on TPU (pages follow the tokens decoded,
+  # a prompt's KV shared by its 8 samples), contiguous elsewhere.
   c.packing = True  # Sequences packed end to end for the update.
   c.algorithm = "polyepo"
   c.set_size = 4  # n = 4.
