@@ -257,7 +257,7 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
   if spec.page:  # Pages for rows entering a new one (paged.grant).
     refs, table, claim, held, waiting = paged.grant(
         st.refs_P, st.table_SM, st.claim_S, st.held_S, busy, slot,
-        spec.page)
+        spec.page, st.row_S)
     st = st._replace(refs_P=refs, table_SM=table, claim_S=claim,
                      held_S=held, waits_1=st.waits_1 + jnp.sum(waiting),
                      peak_1=jnp.maximum(st.peak_1,

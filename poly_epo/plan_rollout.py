@@ -218,6 +218,7 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
   left = np.zeros(slots, int)  # Tokens still to decode per slot (0 free).
   age = np.zeros(slots, int)
   owner = np.full(slots, -1)
+  row_id = np.zeros(slots, int)  # The engine's row: b * k + j (its age).
   claim = np.zeros(slots, int)  # Own pages a row may still need ...
   held = np.zeros(slots, int)  # ... and holds.
   live_rows = {}  # Prompt -> its rows not ended (paged: shared pages).
@@ -261,6 +262,7 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
       left[free] = lens_bk[b] - 1
       age[free] = 1
       owner[free] = b
+      row_id[free] = b * k + np.arange(k)
       if pool is not None:
         claim[free], held[free] = own - first_own, first_own
         state["free"] -= shared + k * first_own
@@ -274,11 +276,11 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
 
   def grants(busy):
     """Rows that may decode this step (paged: those holding the page they
-    write into, or granted one now, in slot order while safe)."""
+    write into, or granted one now, oldest row first, while safe)."""
     if pool is None:
       return busy
     run = busy.copy()
-    for s in np.flatnonzero(busy):
+    for s in sorted(np.flatnonzero(busy), key=lambda s: row_id[s]):
       if (p + age[s] - 1) // page < shared + held[s]:
         continue  # Writes into a page it holds.
       c, h = claim.copy(), held.copy()

@@ -130,16 +130,18 @@ def test_grants_keep_the_state_safe_and_some_row_moves():
     # Each live row writes just past its pages (needs one) or inside them.
     inside = rs.rand(n) < 0.3
     slot = np.where(inside & (held > 0), 0, held * page)
+    age = rs.permutation(n)  # Lower = older: granted first.
     out = _GRANT(jnp.asarray(refs), jnp.asarray(table),
-                      jnp.asarray(claim), jnp.asarray(held),
-                      jnp.asarray(live), jnp.asarray(slot), page)
+                 jnp.asarray(claim), jnp.asarray(held),
+                 jnp.asarray(live), jnp.asarray(slot), page,
+                 jnp.asarray(age, jnp.int32))
     refs2, table2, claim2, held2, waiting = (np.asarray(x) for x in out)
     need = live & (slot // page >= held)
     assert not (waiting & ~need).any()
     assert (live & ~waiting).any()  # Some row always moves.
-    # Replay the grants in slot order against the brute-force test.
+    # Replay the grants, oldest first, against the brute-force test.
     c, h, f = claim.copy(), held.copy(), free
-    for r in np.flatnonzero(need):
+    for r in sorted(np.flatnonzero(need), key=lambda r: age[r]):
       c2, h2 = c.copy(), h.copy()
       c2[r] -= 1
       h2[r] += 1

@@ -168,11 +168,15 @@ def _allocate(refs_P, shared_B, own_B, admitted_B, k: int, m: int):
   return hold(refs_P, table, 1), table.astype(jnp.int32)
 
 
-def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int):
+def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int,
+          order_S=None):
   """A page to every live row about to write into a page it does not hold
-  (slot `slot_S`), in slot order, each grant only if the state stays safe;
-  the others wait (they decode nothing this step). The first row of a safe
-  order can always be granted, so some row always moves.
+  (slot `slot_S`), oldest first (`order_S`: lower first; the engine's row
+  ids, admitted in queue order; default slot order), each grant only if
+  the state stays safe; the others wait (they decode nothing this step).
+  The first row of a safe order can always be granted, so some row always
+  moves; oldest first keeps the pool's pages with the rows nearest their
+  end, so a short pool does not leave every row half done.
 
   Returns (refs_P, table_SM, claim_S, held_S, waiting_S)."""
   dump = refs_P.shape[0] - 1
@@ -180,7 +184,9 @@ def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int):
   rows = jnp.arange(n)
   entry = slot_S // page
   need = live_S & (table_SM[rows, entry] == dump)
-  order = jnp.nonzero(need, size=n, fill_value=n)[0]
+  rank = rows if order_S is None else order_S
+  order = jnp.argsort(jnp.where(need, rank, jnp.iinfo(jnp.int32).max),
+                      stable=True)
 
   def one(i, carry):
     refs, table, claim, held, waiting = carry
