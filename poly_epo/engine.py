@@ -195,7 +195,8 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
         st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, plen,
         ok_R & (plen > 0), free_first.reshape(count, k),
         max_new_tokens=spec.max_new_tokens, page=spec.page,
-        pages_per_row=spec.cache_len // spec.page)
+        pages_per_row=spec.cache_len // spec.page, order_S=st.row_S,
+        reserve=spec.reserve)
     ok_R = ok_R & taken_R
     st = st._replace(refs_P=refs, claim_S=claim, held_S=held,
                      peak_1=jnp.maximum(st.peak_1,
@@ -257,7 +258,7 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
   if spec.page:  # Pages for rows entering a new one (paged.grant).
     refs, table, claim, held, waiting = paged.grant(
         st.refs_P, st.table_SM, st.claim_S, st.held_S, busy, slot,
-        spec.page, st.row_S)
+        spec.page, st.row_S, spec.reserve)
     st = st._replace(refs_P=refs, table_SM=table, claim_S=claim,
                      held_S=held, waits_1=st.waits_1 + jnp.sum(waiting),
                      peak_1=jnp.maximum(st.peak_1,
@@ -292,7 +293,8 @@ def _admissible(st: State, c: Consts, spec: Spec):
       st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, c.plen_B[nxt][None],
       c.plen_B[nxt][None] > 0, free[None],
       max_new_tokens=spec.max_new_tokens, page=spec.page,
-      pages_per_row=spec.cache_len // spec.page)[2][0]
+      pages_per_row=spec.cache_len // spec.page, order_S=st.row_S,
+      reserve=spec.reserve)[2][0]
 
 
 def _loop(model, st: State, c: Consts, spec: Spec) -> State:

@@ -44,6 +44,7 @@ class Spec(NamedTuple):
   keys_ch: bool = False  # Keys [S, K, C, H] (accelerators), not [S, K, H, C].
   page: int = 0  # Slots per page of the paged cache (0: contiguous).
   pages: int = 0  # Pages in the device's pool (paged).
+  reserve: int = 0  # Oldest rows whose pages are kept (paged.reserve_rows).
 
 
 def default_block(backend: str | None = None) -> int:
@@ -135,4 +136,6 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               attention=attention, block=block,
               forced_lengths=forced_lengths,
               keys_ch=default_keys_ch() if keys_ch is None else keys_ch,
-              page=page, pages=pages)
+              page=page, pages=pages,
+              reserve=paged.reserve_rows(pages, cache_len // page)
+              if page else 0)

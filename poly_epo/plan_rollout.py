@@ -207,6 +207,19 @@ def _safe(claim, held, free) -> bool:
   return bool(np.all(c <= free + np.cumsum(h) - h))
 
 
+def _reserved(claim, live, row_id, free, most):
+  """`paged.reserved`: (claims' sum, mask) of the oldest live rows (at most
+  `most`) whose claims the free pages cover together."""
+  idx = sorted(np.flatnonzero(live), key=lambda s: row_id[s])
+  total, kept = 0, np.zeros(len(claim), bool)
+  for s in idx[:most]:
+    if total + claim[s] > free:
+      break
+    total += claim[s]
+    kept[s] = True
+  return total, kept
+
+
 def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
   """The continuous engine's schedule, decided as the engine decides: yields
   per decode step (fills of the rows that decoded [n], prefill calls made
@@ -226,6 +239,7 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
     pages, page = pool
     shared, own = paged.row_pages(p, max_new_tokens, page)
     first_own = int(p % page > 0)
+    most = paged.reserve_rows(pages, -(-(p + max_new_tokens) // page))
   state = {"free": pages if pool is not None else 0}
 
   def release(slot_ids):
@@ -244,12 +258,13 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
   def admissible(free_slots):
     if pool is None:
       return True
+    keep, _ = _reserved(claim, owner >= 0, row_id, state["free"], most)
     c, h = claim.copy(), held.copy()
     c[free_slots], h[free_slots] = own - first_own, first_own
     live = (owner >= 0)
     live[free_slots] = True
     rest = state["free"] - shared - k * first_own
-    return rest >= 0 and _safe(c[live], h[live], rest)
+    return rest >= keep and _safe(c[live], h[live], rest)
 
   def insert(n_prompts):
     """Admit up to n prompts (a prefix, while safe): prefill calls."""
@@ -280,16 +295,20 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
     if pool is None:
       return busy
     run = busy.copy()
+    live = owner >= 0
+    keep, kept = _reserved(claim, live, row_id, state["free"], most)
+    spare = state["free"] - keep
     for s in sorted(np.flatnonzero(busy), key=lambda s: row_id[s]):
       if (p + age[s] - 1) // page < shared + held[s]:
         continue  # Writes into a page it holds.
       c, h = claim.copy(), held.copy()
       c[s] -= 1
       h[s] += 1
-      live = owner >= 0
-      if state["free"] >= 1 and _safe(c[live], h[live], state["free"] - 1):
+      if state["free"] >= 1 and (kept[s] or spare >= 1) and _safe(
+          c[live], h[live], state["free"] - 1):
         claim[s], held[s] = c[s], h[s]
         state["free"] -= 1
+        spare -= not kept[s]
       else:
         run[s] = False
     return run

@@ -32,7 +32,18 @@ def _safe_brute(claim, held, free) -> bool:
 
 
 _SAFE = jax.jit(paged.safe)
-_GRANT = jax.jit(paged.grant, static_argnums=6)
+_GRANT = jax.jit(paged.grant, static_argnums=(6, 8))
+
+
+def _reserve_ref(claim, live, age, free, most):
+  """The oldest live rows, at most `most`, whose claims `free` covers."""
+  total, kept = 0, np.zeros(len(claim), bool)
+  for r in sorted(np.flatnonzero(live), key=lambda r: age[r])[:most]:
+    if total + claim[r] > free:
+      break
+    total += claim[r]
+    kept[r] = True
+  return total, kept
 
 
 def test_the_bankers_test_by_brute_force():
@@ -48,26 +59,30 @@ def test_the_bankers_test_by_brute_force():
         claim, held, live, free)
 
 
-def test_admission_by_brute_force():
+@pytest.mark.parametrize("most", [0, 1])
+def test_admission_by_brute_force(most):
   k, L, page, m, pool = 2, 5, 4, 4, 14
   plen = np.array([9, 2, 4, 0, 7, 3])
   ok = plen > 0
   slots = np.arange(12).reshape(6, 2)  # Candidate i -> slots 2i, 2i + 1.
-  # One live row already: claims 2 more pages, holds 1 of its own, and 2
-  # pages of the pool (its prompt's and its own) are taken.
+  # One live row already: claims 3 more pages, holds 1 of its own, and 2
+  # pages of the pool (its prompt's and its own) are taken. Keeping its 3
+  # (most=1) admits one prompt fewer.
   claim0, held0 = np.zeros(12, int), np.zeros(12, int)
   live0 = np.zeros(12, bool)
-  claim0[11], held0[11], live0[11] = 2, 1, True
+  claim0[11], held0[11], live0[11] = 3, 1, True
   refs0 = np.zeros(pool + 1, np.int32)
   refs0[[3, 7]] = 1
   refs, table, taken, claim, held = (np.asarray(x) for x in paged.admit(
       jnp.asarray(refs0), jnp.asarray(claim0), jnp.asarray(held0),
       jnp.asarray(live0), jnp.asarray(plen), jnp.asarray(ok),
       jnp.asarray(slots[:, :]), max_new_tokens=L, page=page,
-      pages_per_row=m))
+      pages_per_row=m, reserve=most))
   # The reference: candidates in order, each admitted if the state with
   # its rows stays safe; the first refusal ends the admissions.
   c, h, live, free = claim0.copy(), held0.copy(), live0.copy(), pool - 2
+  # Pages kept for the oldest `most` rows stay free through admissions.
+  keep, _ = _reserve_ref(claim0, live0, np.arange(12), free, most)
   want = []
   for i, n in enumerate(plen):
     if not ok[i]:
@@ -78,12 +93,12 @@ def test_admission_by_brute_force():
     c2, h2, l2 = c.copy(), h.copy(), live.copy()
     c2[slots[i]], h2[slots[i]], l2[slots[i]] = own - partial, partial, True
     f2 = free - shared - k * partial
-    fits = f2 >= 0 and _safe_brute(c2[l2], h2[l2], f2)
+    fits = f2 >= keep and _safe_brute(c2[l2], h2[l2], f2)
     want.append((not want or want[-1]) and fits)
     if want[-1]:
       c, h, live, free = c2, h2, l2, f2
   np.testing.assert_array_equal(taken, want)
-  assert 0 < sum(want[i] and ok[i] for i in range(6)) < ok.sum()
+  assert sum(want[i] and ok[i] for i in range(6)) == 4 - most
   np.testing.assert_array_equal(claim, c)
   np.testing.assert_array_equal(held, h)
   # Tables: a prompt's full pages shared by its samples, the partial page
@@ -131,21 +146,28 @@ def test_grants_keep_the_state_safe_and_some_row_moves():
     inside = rs.rand(n) < 0.3
     slot = np.where(inside & (held > 0), 0, held * page)
     age = rs.permutation(n)  # Lower = older: granted first.
+    most = rs.randint(0, 4)  # Rows whose pages are kept for them.
     out = _GRANT(jnp.asarray(refs), jnp.asarray(table),
                  jnp.asarray(claim), jnp.asarray(held),
                  jnp.asarray(live), jnp.asarray(slot), page,
-                 jnp.asarray(age, jnp.int32))
+                 jnp.asarray(age, jnp.int32), most)
     refs2, table2, claim2, held2, waiting = (np.asarray(x) for x in out)
     need = live & (slot // page >= held)
     assert not (waiting & ~need).any()
     assert (live & ~waiting).any()  # Some row always moves.
-    # Replay the grants, oldest first, against the brute-force test.
+    # Replay the grants, oldest first, against the brute-force test: the
+    # kept rows from the free pages, the others from the pages beyond.
     c, h, f = claim.copy(), held.copy(), free
+    keep, kept = _reserve_ref(claim, live, age, free, most)
+    spare = free - keep
     for r in sorted(np.flatnonzero(need), key=lambda r: age[r]):
       c2, h2 = c.copy(), h.copy()
       c2[r] -= 1
       h2[r] += 1
-      ok = f >= 1 and _safe_brute(c2[live], h2[live], f - 1)
+      ok = (f >= 1 and (kept[r] or spare >= 1) and
+            _safe_brute(c2[live], h2[live], f - 1))
+      spare -= ok and not kept[r]
+      assert ok or not kept[r]  # A kept row never waits.
       assert ok == (not waiting[r]), (claim, held, live, r)
       seen["granted" if ok else "waited"] += 1
       if ok:
