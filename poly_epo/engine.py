@@ -45,16 +45,18 @@ from jax.sharding import PartitionSpec as P
 
 from poly_epo import distributed, sharding
 from poly_epo.engine_spec import (CACHES, ENGINES, Spec, default_block,
-                                  default_keys_ch, plan_spec, resolve_cache)
+                                  default_keys_ch, plan_spec, platform_of,
+                                  resolve_cache)
 from poly_epo.models import paged
 from poly_epo.models.transformer import init_cache, rope_table
+from poly_epo.sampling import sample_tokens
 
 __all__ = [  # The settings (engine_spec.py) are re-exported.
     "CACHES", "ENGINES", "Spec", "default_block", "default_keys_ch",
-    "plan_spec", "resolve_cache", "Consts", "State", "Result",
-    "pack_prompts", "init_state", "forced_length", "insert", "decode_step",
-    "begin", "segment", "run", "insert_program", "step_program"]
-from poly_epo.sampling import sample_tokens
+    "plan_spec", "platform_of", "resolve_cache", "Consts", "State",
+    "Result", "pack_prompts", "init_state", "forced_length", "insert",
+    "decode_step", "begin", "segment", "run", "insert_program",
+    "step_program"]
 
 class Consts(NamedTuple):
   """A device's prompt queue: prompts_BP packed from slot 0 (int32 [B, P]),
@@ -177,6 +179,12 @@ def _ends(spec: Spec, token_N, t_N):
   return eos | (t_N + 1 >= spec.max_new_tokens)
 
 
+def _note_peak(st: State, spec: Spec) -> State:
+  """Record the most pages held at once (paged)."""
+  return st._replace(peak_1=jnp.maximum(
+      st.peak_1, spec.pages - paged.free_pages(st.refs_P)))
+
+
 def insert(model, st: State, c: Consts, spec: Spec, count: int,
            rope) -> State:
   """Prefill the next `count` prompts of the queue once and put their k
@@ -198,9 +206,8 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
         pages_per_row=spec.cache_len // spec.page, order_S=st.row_S,
         reserve=spec.reserve)
     ok_R = ok_R & taken_R
-    st = st._replace(refs_P=refs, claim_S=claim, held_S=held,
-                     peak_1=jnp.maximum(st.peak_1,
-                                        spec.pages - paged.free_pages(refs)))
+    st = _note_peak(st._replace(refs_P=refs, claim_S=claim, held_S=held),
+                    spec)
   p = toks.shape[1]
   cache = init_cache(model.cfg, count, p)
   mask = jnp.arange(p)[None] < plen[:, None]
@@ -259,10 +266,9 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
     refs, table, claim, held, waiting = paged.grant(
         st.refs_P, st.table_SM, st.claim_S, st.held_S, busy, slot,
         spec.page, st.row_S, spec.reserve)
-    st = st._replace(refs_P=refs, table_SM=table, claim_S=claim,
-                     held_S=held, waits_1=st.waits_1 + jnp.sum(waiting),
-                     peak_1=jnp.maximum(st.peak_1,
-                                        spec.pages - paged.free_pages(refs)))
+    st = _note_peak(st._replace(refs_P=refs, table_SM=table, claim_S=claim,
+                                held_S=held,
+                                waits_1=st.waits_1 + jnp.sum(waiting)), spec)
     busy = busy & ~waiting
   logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
                               impl=spec.attention, block=spec.block,
@@ -286,15 +292,15 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
 
 
 def _admissible(st: State, c: Consts, spec: Spec):
-  """Whether the queue's next prompt would be admitted now (paged)."""
+  """Whether the queue's next prompt would be admitted now (paged): the
+  admission test alone, no page taken."""
   nxt = jnp.minimum(st.next_1[0], c.plen_B.shape[0] - 1)
   free = jnp.argsort(st.row_S >= 0, stable=True)[:spec.num_samples]
-  return paged.admit(
+  return paged.admission(
       st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, c.plen_B[nxt][None],
       c.plen_B[nxt][None] > 0, free[None],
-      max_new_tokens=spec.max_new_tokens, page=spec.page,
-      pages_per_row=spec.cache_len // spec.page, order_S=st.row_S,
-      reserve=spec.reserve)[2][0]
+      max_new_tokens=spec.max_new_tokens, page=spec.page, order_S=st.row_S,
+      reserve=spec.reserve)[0][0]
 
 
 def _loop(model, st: State, c: Consts, spec: Spec) -> State:
@@ -426,8 +432,8 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     raise ValueError(f"engine: {b} prompts do not split over {shards} "
                      "devices (pad the batch)")
   total = shards * jax.process_count()
-  platform = mesh.devices.flat[0].platform if mesh is not None else None
-  spec = plan_spec(platform=platform, batch_dev=b // shards, prompt_width=packed.shape[1],
+  spec = plan_spec(platform=platform_of(mesh), batch_dev=b // shards,
+                   prompt_width=packed.shape[1],
                    slots_dev=slots // total if slots else 0,
                    pages_dev=pages // total if pages else 0,
                    pool_rows_dev=pool_rows // total,

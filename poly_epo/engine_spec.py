@@ -14,6 +14,14 @@ ENGINES = ("static", "continuous")
 CACHES = ("contiguous", "paged", "auto")
 
 
+def platform_of(mesh) -> str:
+  """The platform a program runs on: the mesh's devices' (abstract TPU
+  devices included), else the default backend's."""
+  if mesh is not None:
+    return mesh.devices.flat[0].platform
+  return jax.default_backend()
+
+
 def resolve_cache(cache: str, attention: str, platform: str) -> str:
   """"auto": the paged cache where its kernel runs (TPU, with attention
   "auto" or "tpu_paged"), else contiguous (on GPU the Pallas kernel reads

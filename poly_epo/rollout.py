@@ -131,10 +131,9 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     chunk = -(-chunk // per) * per
   pool_rows = 0
   if engine == "continuous":
-    platform = mesh.devices.flat[0].platform if mesh is not None else \
-        jax.default_backend()
-    if engine_lib.resolve_cache(cache, attention, platform) == "paged" \
-        and not slots:  # A slot per row, pages as the chunk's memory.
+    paged = engine_lib.resolve_cache(
+        cache, attention, engine_lib.platform_of(mesh)) == "paged"
+    if paged and not slots:  # A slot per row, pages as the chunk's memory.
       pool_rows = chunk * procs * num_samples
     else:
       slots = slots or chunk * procs * num_samples

@@ -107,9 +107,9 @@ def safe(claim_S, held_S, live_S, free):
 def reserve_rows(pages: int, pages_per_row: int) -> int:
   """Rows whose pages `reserved` keeps: 3/4 of the rows the pool holds at
   their longest. The planner's replay of the recipe (8 v5p, 128 rows per
-  chip, a pool of 64 rows' pages) took 7,037 / 3,998 / 4,101 decode steps
+  chip, a pool of 64 rows' pages) took 7,037 / 4,098 / 4,101 decode steps
   for responses all at the cap / uniform / capped this way, against
-  18,924 / 3,998 / 4,101 with no reserve and 6,376 uniform when every
+  18,924 / 4,098 / 4,101 with no reserve and 6,376 uniform when every
   covered row is kept."""
   return max(1, 3 * pages // (4 * pages_per_row))
 
@@ -155,9 +155,29 @@ def admit(refs_P, claim_S, held_S, live_S, plen_B, ok_B, slots_BK, *,
     or not admitted), taken_B (the admitted prefix, not-ok candidates in it
     included), claim_S, held_S).
   """
+  taken, claim_S, held_S = admission(
+      refs_P, claim_S, held_S, live_S, plen_B, ok_B, slots_BK,
+      max_new_tokens=max_new_tokens, page=page, order_S=order_S,
+      reserve=reserve)
+  shared, _ = row_pages(plen_B, max_new_tokens, page)
+  refs_P, table = _allocate(refs_P, shared, _partial(plen_B, page),
+                            ok_B & taken, slots_BK.shape[1], pages_per_row)
+  return refs_P, table, taken, claim_S, held_S
+
+
+def _partial(plen, page: int):
+  """1 where a prompt ends inside a page (each sample's copy), else 0."""
+  return (plen % page > 0).astype(jnp.int32)
+
+
+def admission(refs_P, claim_S, held_S, live_S, plen_B, ok_B, slots_BK, *,
+              max_new_tokens: int, page: int, order_S=None,
+              reserve: int = 0):
+  """`admit`'s decision without taking any page: (taken_B, claim_S,
+  held_S). The engine's refill test asks only this."""
   b, k = slots_BK.shape
   shared, own = row_pages(plen_B, max_new_tokens, page)
-  first = (plen_B % page > 0).astype(jnp.int32)  # The partial prompt page.
+  first = _partial(plen_B, page)
   order_S = jnp.arange(claim_S.shape[0]) if order_S is None else order_S
   keep, _ = reserved(claim_S, live_S, order_S, free_pages(refs_P), reserve)
 
@@ -178,9 +198,7 @@ def admit(refs_P, claim_S, held_S, live_S, plen_B, ok_B, slots_BK, *,
   claim_S, held_S, _, _, _, taken = jax.lax.fori_loop(
       0, b, one, (claim_S, held_S, live_S, free_pages(refs_P),
                   jnp.asarray(True), jnp.zeros((b,), bool)))
-  refs_P, table = _allocate(refs_P, shared, first, ok_B & taken, k,
-                            pages_per_row)
-  return refs_P, table, taken, claim_S, held_S
+  return taken, claim_S, held_S
 
 
 def _allocate(refs_P, shared_B, own_B, admitted_B, k: int, m: int):
