@@ -53,6 +53,8 @@ def check_config(cfg) -> None:
   need(r.slots >= 0, "rollout.slots", "must be >= 0")
   need(r.cache in engine.CACHES, "rollout.cache",
        f"{r.cache!r}: one of {engine.CACHES}")
+  need(r.narrow in engine.NARROW, "rollout.narrow",
+       f"{r.narrow!r}: one of {engine.NARROW}")
   need(r.page_size >= 0, "rollout.page_size", "must be >= 0")
   need(r.pages >= 0, "rollout.pages", "must be >= 0")
   need(r.cache != "contiguous" or r.attention != "tpu_paged",

@@ -88,6 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.slots = 0  # Continuous decode slots over all devices (0 =
   # chunk_prompts x num_samples: the static engine's memory).
   c.rollout.refill = 1  # Prompts prefilled per refill (continuous).
+  c.rollout.narrow = "auto"  # Continuous: once the queue is empty, move
+  # the busy rows to the first slots and decode only as many as they need
+  # (halving down to 4) | on | off | auto (CPU only, where every decoded
+  # row costs; one more decode program per width). Same tokens.
   c.rollout.attention = "auto"  # Decode attention: window (the filled
   # blocks) | full (every cache slot) | ragged (each row its own blocks) |
   # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |

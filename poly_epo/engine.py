@@ -13,7 +13,10 @@ first S // k prompts are inserted, and inside the same on-device
 `while_loop`, whenever k * `refill` slots are free, the next `refill`
 prompts of the queue are prefilled once and inserted into k slots each. The
 loop stops every `segment_steps` steps so the host can hand finished prompts
-to the scorer (`on_done`), then carries on.
+to the scorer (`on_done`), then carries on. Narrowing tail (`spec.widths`,
+continuous only): once the queue is empty and the busy rows fit half the
+slots, they move to the first slots and the loop carries on decoding only
+those (halving again as rows end), since on CPU every decoded slot costs.
 
 Same tokens, whatever the schedule: the t-th token of sample j of prompt b
 is drawn with `fold_in(fold_in(prompt_key_b, j), t)` from logits that depend
@@ -44,15 +47,15 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from poly_epo import distributed, sharding
-from poly_epo.engine_spec import (CACHES, ENGINES, Spec, default_block,
-                                  default_keys_ch, plan_spec, platform_of,
-                                  resolve_cache)
+from poly_epo.engine_spec import (CACHES, ENGINES, NARROW, Spec,
+                                  default_block, default_keys_ch, plan_spec,
+                                  platform_of, resolve_cache)
 from poly_epo.models import paged
 from poly_epo.models.transformer import init_cache, rope_table
 from poly_epo.sampling import sample_tokens
 
 __all__ = [  # The settings (engine_spec.py) are re-exported.
-    "CACHES", "ENGINES", "Spec", "default_block", "default_keys_ch",
+    "CACHES", "ENGINES", "NARROW", "Spec", "default_block", "default_keys_ch",
     "plan_spec", "platform_of", "resolve_cache", "Consts", "State",
     "Result", "pack_prompts", "init_state", "forced_length", "insert",
     "decode_step", "begin", "segment", "run", "insert_program",
@@ -81,6 +84,7 @@ class State(NamedTuple):
   next_1: jax.Array  # int32 next prompt of the queue
   steps_1: jax.Array  # int32 decode steps run (all slots, busy or not)
   busy_1: jax.Array  # int32 row-steps of busy slots
+  rows_1: jax.Array  # int32 row-steps executed (each step's width)
   tokens_RL: jax.Array  # int32 [R + 1, L] (the last row: writes of free slots)
   logprobs_RL: jax.Array  # float32 [R + 1, L]
   length_R: jax.Array  # int32 [R + 1] tokens so far (EOS included)
@@ -125,7 +129,7 @@ def init_state(cfg, spec: Spec, batch: int) -> State:
   return State(
       k=k, v=v, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
       token_S=zi(s), key_S=jnp.zeros((s, 2), jnp.uint32), plen_S=zi(s),
-      next_1=zi(1), steps_1=zi(1), busy_1=zi(1),
+      next_1=zi(1), steps_1=zi(1), busy_1=zi(1), rows_1=zi(1),
       tokens_RL=jnp.full((rows + 1, length), spec.pad_id, jnp.int32),
       logprobs_RL=jnp.zeros((rows + 1, length), jnp.float32),
       length_R=zi(rows + 1), finished_B=zi(batch), table_SM=table,
@@ -257,9 +261,14 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
       next_1=jnp.minimum(st.next_1 + moved, batch))
 
 
-def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
+def decode_step(model, st: State, spec: Spec, rope, window=None,
+                width: int = 0) -> State:
   """Every busy slot decodes one token (`rope` as for `insert`); with the
-  paged cache a row waiting for a page decodes nothing this step."""
+  paged cache a row waiting for a page decodes nothing this step. `width`:
+  only the first `width` slots are decoded (the busy ones must be there:
+  `_compact`); 0 = all."""
+  s = spec.slots
+  w = width or s
   busy = st.row_S >= 0
   slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
   if spec.page:  # Pages for rows entering a new one (paged.grant).
@@ -270,11 +279,13 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
                                 held_S=held,
                                 waits_1=st.waits_1 + jnp.sum(waiting)), spec)
     busy = busy & ~waiting
-  logits, k, v = model.decode(st.token_S, st.k, st.v, slot, rope,
+  logits, k, v = model.decode(st.token_S[:w], st.k, st.v, slot[:w], rope,
                               impl=spec.attention, block=spec.block,
                               window=window, keys_ch=spec.keys_ch,
-                              table_NM=st.table_SM if spec.page else None)
-  token, logp = _sample(spec, logits, st.key_S, st.t_S)
+                              table_NM=st.table_SM[:w] if spec.page else None)
+  token, logp = _sample(spec, logits, st.key_S[:w], st.t_S[:w])
+  if w < s:  # Slots past the width are free: nothing of theirs is kept.
+    token, logp = jnp.pad(token, (0, s - w)), jnp.pad(logp, (0, s - w))
   row = jnp.where(busy, st.row_S, -1)
   st = _write(st, row, st.t_S, token, logp)
   done = busy & _ends(spec, token, st.t_S)
@@ -288,7 +299,23 @@ def decode_step(model, st: State, spec: Spec, rope, window=None) -> State:
       t_S=jnp.where(busy, st.t_S + 1, st.t_S),
       token_S=jnp.where(busy, token, st.token_S),
       steps_1=st.steps_1 + 1,
-      busy_1=st.busy_1 + jnp.sum(busy).astype(jnp.int32))
+      busy_1=st.busy_1 + jnp.sum(busy).astype(jnp.int32),
+      rows_1=st.rows_1 + w)
+
+
+def _compact(st: State, spec: Spec) -> State:
+  """Busy rows moved to the first slots, in slot order (a row's cache,
+  page table and counters move with it; tokens are kept by row, so nothing
+  a row draws changes)."""
+  order = jnp.argsort(st.row_S < 0, stable=True)
+  take = lambda x: x[order]
+  st = st._replace(
+      row_S=take(st.row_S), t_S=take(st.t_S), token_S=take(st.token_S),
+      key_S=take(st.key_S), plen_S=take(st.plen_S))
+  if spec.page:  # The pool stays; the slots' page tables move.
+    return st._replace(table_SM=take(st.table_SM), claim_S=take(st.claim_S),
+                       held_S=take(st.held_S))
+  return st._replace(k=tuple(map(take, st.k)), v=tuple(map(take, st.v)))
 
 
 def _admissible(st: State, c: Consts, spec: Spec):
@@ -304,31 +331,57 @@ def _admissible(st: State, c: Consts, spec: Spec):
 
 
 def _loop(model, st: State, c: Consts, spec: Spec) -> State:
-  """Up to `segment_steps` decode steps on one device (its own loop)."""
+  """Up to `segment_steps` decode steps on one device (its own loops).
+
+  Stage 0 decodes all slots and refills them while the queue lasts. With
+  `spec.widths` (a narrowing tail) stage i > 0 starts once the queue is
+  empty and the busy rows fit `widths[i]` slots: they are compacted into
+  the first slots and only those are decoded, each stage a loop of its
+  own (one program per width; a `switch` per step would copy the caches).
+  A segment that ends mid-stage resumes there: the stages' conditions only
+  look at the state."""
   k, batch = spec.num_samples, c.plen_B.shape[0]
   stop = st.steps_1[0] + spec.segment_steps
   rope = rope_table(model.cfg, spec.cache_len)  # Once, not per step.
+  widths = spec.widths or (spec.slots,)
 
   def busy(st):
     return jnp.any(st.row_S >= 0)
 
-  def cond(st):
-    queue = (st.next_1[0] < batch) if spec.refill else False
-    return (st.steps_1[0] < stop) & (busy(st) | queue)
+  def queued(st):
+    return (st.next_1[0] < batch) if spec.refill else jnp.asarray(False)
+
+  def fits(st, i):  # The tail may narrow to widths[i].
+    if i >= len(widths):
+      return jnp.asarray(False)
+    return ~queued(st) & (jnp.sum(st.row_S >= 0) <= widths[i])
 
   def body(st):
     if spec.refill:
       room = jnp.sum(st.row_S < 0) >= k * spec.refill
       if spec.page:  # And the next prompt can be admitted safely.
         room &= _admissible(st, c, spec)
-      st = jax.lax.cond((st.next_1[0] < batch) & room,
+      st = jax.lax.cond(queued(st) & room,
                         lambda s: insert(model, s, c, spec, spec.refill,
                                          rope),
                         lambda s: s, st)
     return jax.lax.cond(busy(st), lambda s: decode_step(model, s, spec, rope),
                         lambda s: s, st)
 
-  return jax.lax.while_loop(cond, body, st)
+  st = jax.lax.while_loop(
+      lambda st: (st.steps_1[0] < stop) & (busy(st) | queued(st)) &
+      ~fits(st, 1), body, st)
+  for i in range(1, len(widths)):
+    top = lambda st: jnp.max(jnp.where(st.row_S >= 0,
+                                       jnp.arange(spec.slots) + 1, 0))
+    st = jax.lax.cond(fits(st, i) & (top(st) > widths[i]),
+                      lambda s: _compact(s, spec), lambda s: s, st)
+    st = jax.lax.while_loop(
+        lambda st, i=i: (st.steps_1[0] < stop) & busy(st) & fits(st, i) &
+        ~fits(st, i + 1),
+        functools.partial(decode_step, model, spec=spec, rope=rope,
+                          width=widths[i]), st)
+  return st
 
 
 def _begin_local(graphdef, params, c: Consts, spec: Spec) -> State:
@@ -383,7 +436,8 @@ def segment(graphdef, params, st: State, c: Consts, *, spec: Spec, mesh):
 class Result(NamedTuple):
   """NumPy outputs for this process's prompts: tokens / logprobs / mask
   [B, k, L], lengths [B, k], and `stats`: decode steps (the longest device
-  loop), slot_steps (steps x slots, summed over devices), busy_steps
+  loop), slot_steps (row-steps executed: each step's width, summed over
+  devices), busy_steps
   (row-steps of busy slots), segments (host round trips)."""
   tokens: np.ndarray
   logprobs: np.ndarray
@@ -470,8 +524,9 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
   mask = np.arange(tokens.shape[-1]) < lengths[..., None]
   steps = distributed.host_value(st.steps_1)
   busy = distributed.host_value(st.busy_1)
+  executed = distributed.host_value(st.rows_1)
   stats = {"steps": int(steps.max()),
-           "slot_steps": int(steps.sum()) * spec.slots,
+           "slot_steps": int(executed.sum()),
            "busy_steps": int(busy.sum()), "segments": segments,
            "slots": spec.slots * total, "cache_len": spec.cache_len}
   if spec.page:  # Pool use: the most pages any device held at once.

@@ -53,6 +53,28 @@ class Spec(NamedTuple):
   page: int = 0  # Slots per page of the paged cache (0: contiguous).
   pages: int = 0  # Pages in the device's pool (paged).
   reserve: int = 0  # Oldest rows whose pages are kept (paged.reserve_rows).
+  widths: tuple = ()  # Slot counts the tail narrows through, widest first
+  #                     ((): all slots every step; see `narrow_widths`).
+
+
+NARROW = ("auto", "on", "off")
+MIN_WIDTH = 4  # The narrowest decode step (rows) the tail narrows to.
+
+
+def narrow_widths(slots: int, narrow: str, platform: str) -> tuple:
+  """The decode widths of a narrowing tail: slots, then halves down to
+  MIN_WIDTH rows. "auto" narrows on CPU only, where a decode step costs
+  each of its rows (on accelerators a step's cost is reading the weights
+  and each busy row's own cache, which a narrower step does not cut, and
+  every width is one more decode program to compile)."""
+  if narrow not in NARROW:
+    raise ValueError(f"rollout.narrow={narrow!r} must be one of {NARROW}")
+  if narrow == "off" or (narrow == "auto" and platform != "cpu"):
+    return ()
+  out = [slots]
+  while out[-1] // 2 >= MIN_WIDTH:
+    out.append(-(-out[-1] // 2))
+  return tuple(out) if len(out) > 1 else ()
 
 
 def default_block(backend: str | None = None) -> int:
@@ -77,12 +99,15 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               pad_id: int = 0, forced_lengths: str = "",
               keys_ch: bool | None = None, cache: str = "contiguous",
               page_size: int = 0, pages_dev: int = 0, pool_rows_dev: int = 0,
-              platform: str | None = None) -> Spec:
+              platform: str | None = None, narrow: str = "auto") -> Spec:
   """The static settings of one device's engine, errors naming the fields.
   `platform`: the devices the program is for (default: the default
   backend's); it resolves the cache and the paged cache's attention.
   Paged: `pages_dev` pages, or the memory of `pool_rows_dev` contiguous
-  rows (then, with no `slots_dev`, a slot for every row)."""
+  rows (then, with no `slots_dev`, a slot for every row). `narrow`: once
+  the queue is empty, the continuous engine moves its busy rows to the
+  first slots and decodes only as many slots as they need
+  (`narrow_widths`); the static engine never narrows (lock-step)."""
   if engine not in ENGINES:
     raise ValueError(f"rollout.engine={engine!r} must be one of {ENGINES}")
   if cache not in CACHES:
@@ -146,4 +171,6 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               keys_ch=default_keys_ch() if keys_ch is None else keys_ch,
               page=page, pages=pages,
               reserve=paged.reserve_rows(pages, cache_len // page)
-              if page else 0)
+              if page else 0,
+              widths=narrow_widths(slots_dev, narrow, platform)
+              if engine == "continuous" else ())

@@ -110,7 +110,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
-    **engine_args: further `engine.plan_spec` settings (block,
+    **engine_args: further `engine.plan_spec` settings (block, narrow:
+      "auto" | "on" | "off", the continuous engine's narrowing tail;
       forced_lengths for benchmarks).
 
   Returns:

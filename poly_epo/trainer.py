@@ -165,7 +165,7 @@ def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None):
       chunk_prompts=r.chunk_prompts, mesh=run.mesh,
       compute_dtype=cfg.model.dtype, engine=r.engine, slots=r.slots,
       refill=r.refill, attention=r.attention, on_done=on_done,
-      cache=r.cache, page_size=r.page_size, pages=r.pages)
+      cache=r.cache, page_size=r.page_size, pages=r.pages, narrow=r.narrow)
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):

@@ -1,6 +1,6 @@
 """poly_epo.engine: the continuous schedule returns exactly the static
-schedule's tokens (any slot count, refill size, chunking, mesh, and over a
-paged cache of any page size or pool); finished
+schedule's tokens (any slot count, refill size, chunking, mesh, over a
+paged cache of any page size or pool, with a narrowing tail); finished
 prompts are reported once, while others decode; counters add up; no
 collective over the batch axes runs inside the decode loop of a pod."""
 
@@ -162,6 +162,43 @@ def test_finished_prompts_are_reported_once_while_others_decode(policy,
     np.testing.assert_array_equal(msk, static.mask[idx])
 
 
+@pytest.mark.parametrize("cache,report", [
+    ("contiguous", False), ("contiguous", True), ("paged", True)])
+def test_narrowing_tail_decodes_the_same_tokens(policy, static, cache,
+                                                report):
+  """Once the queue is empty the busy rows move to the first slots and
+  only those decode: fewer row-steps, the same tokens, also when segments
+  (on_done) end mid-stage and with rows waiting for pages."""
+  calls, runs = [], {}
+  for narrow in ("off", "on"):
+    runs[narrow] = {}
+    got = _run(policy, engine="continuous", slots=16, narrow=narrow,
+               cache=cache, page_size=4, pages=60 if cache == "paged" else 0,
+               stats=runs[narrow], segment_steps=3 if report else 0,
+               on_done=(lambda i, t, m: calls.append(i)) if report else None)
+    _same(got, static)
+  on, off = runs["on"], runs["off"]
+  assert on["busy_steps"] == off["busy_steps"] == \
+      int(static.lengths.sum()) - 10 * K
+  assert on["steps"] == off["steps"]  # Narrowing skips no step...
+  assert on["slot_steps"] < off["slot_steps"] == off["steps"] * 16  # ...
+  # ...it makes the tail's steps narrower.
+  assert on["slot_steps"] >= on["busy_steps"]
+  if report:  # Segments of 3 steps: stages resumed mid-way.
+    assert on["segments"] > 5 and len(calls) > 2
+  if cache == "paged":
+    assert on["pages_leaked"] == 0
+
+
+def test_narrowing_on_a_mesh_equals_one_device(policy, static):
+  mesh = sharding.make_mesh(1, 8, 1)
+  stats = {}
+  got = _run(policy, mesh=mesh, engine="continuous", slots=8 * 8,
+             narrow="on", stats=stats)
+  _same(got, static)
+  assert stats["slot_steps"] < stats["steps"] * 8 * 8
+
+
 def test_bad_settings_name_the_field(policy):
   with pytest.raises(ValueError, match="rollout.slots"):
     _run(policy, engine="continuous", slots=4, refill=2)
@@ -171,6 +208,8 @@ def test_bad_settings_name_the_field(policy):
     _run(policy, attention="flash")
   with pytest.raises(ValueError, match="rollout.cache"):
     _run(policy, cache="virtual")
+  with pytest.raises(ValueError, match="rollout.narrow"):
+    _run(policy, engine="continuous", slots=8, narrow="yes")
   with pytest.raises(ValueError, match="rollout.attention='tpu_paged'"):
     _run(policy, attention="tpu_paged")
   # A prompt of 5 tokens and its 3 samples of 24: one shared page of 4

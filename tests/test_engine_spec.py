@@ -1,6 +1,6 @@
 """poly_epo.engine_spec: what each platform resolves "auto" to, the slot
-and page arithmetic of `plan_spec` (checked by hand-counted pages), and
-errors that name the config field."""
+and page arithmetic of `plan_spec` (checked by hand-counted pages), the
+narrowing tail's widths, and errors that name the config field."""
 
 import pytest
 
@@ -60,3 +60,18 @@ def test_errors_name_the_field():
     _spec(attention="tpu_paged")
   with pytest.raises(ValueError, match="rollout.slots"):
     _spec(engine="continuous", slots_dev=1)
+
+
+def test_narrowing_widths():
+  # Halves (rounded up) down to MIN_WIDTH rows; CPU only under "auto".
+  assert engine_spec.MIN_WIDTH == 4
+  assert engine_spec.narrow_widths(64, "auto", "cpu") == (64, 32, 16, 8, 4)
+  assert engine_spec.narrow_widths(30, "on", "tpu") == (30, 15, 8, 4)
+  assert engine_spec.narrow_widths(64, "auto", "gpu") == ()
+  assert engine_spec.narrow_widths(7, "on", "cpu") == ()  # 7 // 2 < 4.
+  assert engine_spec.narrow_widths(64, "off", "cpu") == ()
+  with pytest.raises(ValueError, match="rollout.narrow"):
+    engine_spec.narrow_widths(64, "maybe", "cpu")
+  # The continuous engine narrows; the static engine is lock-step.
+  assert _spec(engine="continuous", slots_dev=8).widths == (8, 4)
+  assert _spec(engine="static").widths == ()

@@ -161,6 +161,7 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
     ({"rollout.chunk_prompts": -1}, "rollout.chunk_prompts"),
     ({"rollout.cache": "virtual"}, "rollout.cache"),
     ({"rollout.pages": -1}, "rollout.pages"),
+    ({"rollout.narrow": "yes"}, "rollout.narrow"),
     ({"rollout.page_size": -8}, "rollout.page_size"),
     ({"rollout.cache": "contiguous", "rollout.attention": "tpu_paged"},
      "rollout.attention"),

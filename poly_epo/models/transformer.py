@@ -253,7 +253,8 @@ class Attention(nnx.Module):
              impl: str, block: int, window=None, keys_ch: bool = False,
              table_NM=None):
     """One new token per row, written at its own slot `slot_N`; attends to
-    slots [0, slot_N]. Returns (out [N, 1, D], k_NKHC, v_NKCH). With page
+    slots [0, slot_N]. The caches may hold more rows than x (rows past N
+    are left alone). Returns (out [N, 1, D], k_NKHC, v_NKCH). With page
     tables `table_NM` the caches are page pools (`models/paged.py`)."""
     cfg = self.cfg
     n_rows = x_N1D.shape[0]
@@ -279,8 +280,11 @@ class Attention(nnx.Module):
     v_new = finite(v[:, 0])
     v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v_new.astype(v_NKCH.dtype))
     q = q[:, 0].reshape(n_rows, kh, -1, h)
-    out = attend_filled(q, k_NKHC, v_NKCH, slot_N + 1, impl=impl,
-                        block=block, window=window, keys_ch=keys_ch)
+    # Fewer rows than cache rows: the engine's narrowed steps decode the
+    # first n_rows slots only.
+    out = attend_filled(q, k_NKHC[:n_rows], v_NKCH[:n_rows], slot_N + 1,
+                        impl=impl, block=block, window=window,
+                        keys_ch=keys_ch)
     return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
 
 
@@ -441,8 +445,8 @@ class Transformer(nnx.Module):
     Args:
       token_N: int32 [N] each row's newest token; it is written at slot
         `slot_N` (= its position) of that row and attends to [0, slot_N].
-      k_caches / v_caches: per-layer [N, K, H, C] ([N, K, C, H] with
-        `keys_ch`) / [N, K, C, H].
+      k_caches / v_caches: per-layer [S, K, H, C] ([S, K, C, H] with
+        `keys_ch`) / [S, K, C, H], S >= N: token n is row n's.
       rope_table: `rope_table(cfg, C)`.
       impl, block, window, keys_ch: `decode_attention.attend_filled`.
       table_NM: page tables when the caches are page pools
