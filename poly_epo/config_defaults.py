@@ -83,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.rollout.engine = "continuous"  # continuous (decode slots refilled
   # from the whole batch's queue; docs/ROLLOUT.md) | static (lock-step
   # chunks). Same tokens either way; continuous wins on long, ragged
-  # responses (1.3-1.5x on CPU, 2.4x with the GPU kernel), static on short
+  # responses (1.4-1.55x on CPU, 2.4x with the GPU kernel), static on short
   # equal ones (the embedded configs set it).
   c.rollout.slots = 0  # Continuous decode slots over all devices (0 =
   # chunk_prompts x num_samples: the static engine's memory).
