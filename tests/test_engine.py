@@ -170,24 +170,24 @@ def test_narrowing_tail_decodes_the_same_tokens(policy, static, cache,
   only those decode: fewer row-steps, the same tokens, also when segments
   (on_done) end mid-stage and with rows waiting for pages."""
   calls, runs = [], {}
-  for narrow in ("off", "on"):
+  for narrow in ("on",) if report else ("off", "on"):
     runs[narrow] = {}
     got = _run(policy, engine="continuous", slots=16, narrow=narrow,
                cache=cache, page_size=4, pages=60 if cache == "paged" else 0,
                stats=runs[narrow], segment_steps=3 if report else 0,
                on_done=(lambda i, t, m: calls.append(i)) if report else None)
     _same(got, static)
-  on, off = runs["on"], runs["off"]
-  assert on["busy_steps"] == off["busy_steps"] == \
-      int(static.lengths.sum()) - 10 * K
-  assert on["steps"] == off["steps"]  # Narrowing skips no step...
-  assert on["slot_steps"] < off["slot_steps"] == off["steps"] * 16  # ...
-  # ...it makes the tail's steps narrower.
-  assert on["slot_steps"] >= on["busy_steps"]
+  on = runs["on"]
+  assert on["busy_steps"] == int(static.lengths.sum()) - 10 * K
+  # The tail's steps are narrower than the 16 slots...
+  assert on["busy_steps"] <= on["slot_steps"] < on["steps"] * 16
+  if "off" in runs:  # ...and narrowing skips no step.
+    assert on["steps"] == runs["off"]["steps"]
+    assert runs["off"]["slot_steps"] == on["steps"] * 16
   if report:  # Segments of 3 steps: stages resumed mid-way.
     assert on["segments"] > 5 and len(calls) > 2
   if cache == "paged":
-    assert on["pages_leaked"] == 0
+    assert on["pages_leaked"] == 0 and on["page_waits"] > 0
 
 
 def test_narrowing_on_a_mesh_equals_one_device(policy, static):
