@@ -96,8 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
   # blocks) | full (every cache slot) | ragged (each row its own blocks) |
   # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |
   # tpu_paged (JAX's Pallas TPU paged-attention kernel; rollout.cache=paged)
-  # | auto (pallas on GPU, tpu_paged on TPU with the paged cache, else
-  # window).
+  # | auto (pallas on GPU, tpu_paged on TPU with the paged cache; on CPU
+  # full for continuous refills, whose window spans nearly the whole cache,
+  # else window).
   c.rollout.cache = "auto"  # KV cache: contiguous (a row per slot) |
   # paged (a pool of pages handed out as rows grow; a prompt's k samples
   # share its prompt pages; docs/ROLLOUT.md) | auto (paged with the TPU

@@ -75,3 +75,17 @@ def test_narrowing_widths():
   # The continuous engine narrows; the static engine is lock-step.
   assert _spec(engine="continuous", slots_dev=8).widths == (8, 4)
   assert _spec(engine="static").widths == ()
+
+
+def test_auto_attention_of_the_continuous_engine_on_cpu():
+  # Continuous on CPU reads the whole cache ("full"); static keeps "auto"
+  # (the window on CPU); accelerators and explicit choices are untouched.
+  assert _spec(engine="continuous", slots_dev=4,
+               attention="auto").attention == "full"
+  assert _spec(engine="static", attention="auto").attention == "auto"
+  assert _spec(engine="continuous", slots_dev=8,  # A slot per row.
+               attention="auto").attention == "auto"
+  assert _spec(engine="continuous", slots_dev=4,
+               attention="window").attention == "window"
+  assert _spec(engine="continuous", slots_dev=4, attention="auto",
+               platform="gpu").attention == "auto"

@@ -66,7 +66,7 @@ def _parse(argv):
                   help="static chunk in prompts; continuous slots = chunk x k")
   ap.add_argument("--refill", type=int, default=1)
   ap.add_argument("--attention", default="window",
-                  choices=("window", "ragged", "pallas"),
+                  choices=("window", "full", "ragged", "pallas"),
                   help="decode attention of the static and continuous runs")
   ap.add_argument("--kernel", action="store_true",
                   help="also run continuous with the Pallas GPU kernel")
