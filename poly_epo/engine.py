@@ -33,6 +33,9 @@ a refill waits for free pages as it waits for free slots. Same tokens.
 On a mesh each device runs its own loop (`shard_map` over the batch axes)
 over its block of prompts and slots, with the sampler's weights replicated
 over those axes: no collective over data/fsdp runs while decoding.
+
+The host side (segments, `on_done`, this process's rows, the counters) is
+`engine_host.run`.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from poly_epo import distributed, sharding
+from poly_epo import sharding
 from poly_epo.engine_spec import (CACHES, ENGINES, NARROW, Spec,
                                   default_block, default_keys_ch, plan_spec,
                                   platform_of, resolve_cache)
@@ -57,9 +60,8 @@ from poly_epo.sampling import sample_tokens
 __all__ = [  # The settings (engine_spec.py) are re-exported.
     "CACHES", "ENGINES", "NARROW", "Spec", "default_block", "default_keys_ch",
     "plan_spec", "platform_of", "resolve_cache", "Consts", "State",
-    "Result", "pack_prompts", "init_state", "forced_length", "insert",
-    "decode_step", "begin", "segment", "run", "insert_program",
-    "step_program"]
+    "pack_prompts", "init_state", "forced_length", "insert",
+    "decode_step", "begin", "segment", "insert_program", "step_program"]
 
 class Consts(NamedTuple):
   """A device's prompt queue: prompts_BP packed from slot 0 (int32 [B, P]),
@@ -337,7 +339,8 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   `spec.widths` (a narrowing tail) stage i > 0 starts once the queue is
   empty and the busy rows fit `widths[i]` slots: they are compacted into
   the first slots and only those are decoded, each stage a loop of its
-  own (one program per width; a `switch` per step would copy the caches).
+  own (one program per width: a `switch` over widths inside one loop made
+  each XLA:CPU step slower than decoding every slot).
   A segment that ends mid-stage resumes there: the stages' conditions only
   look at the state."""
   k, batch = spec.num_samples, c.plen_B.shape[0]
@@ -371,9 +374,10 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   st = jax.lax.while_loop(
       lambda st: (st.steps_1[0] < stop) & (busy(st) | queued(st)) &
       ~fits(st, 1), body, st)
+  def top(st):  # Slots up to the last busy one.
+    return jnp.max(jnp.where(st.row_S >= 0, jnp.arange(spec.slots) + 1, 0))
+
   for i in range(1, len(widths)):
-    top = lambda st: jnp.max(jnp.where(st.row_S >= 0,
-                                       jnp.arange(spec.slots) + 1, 0))
     st = jax.lax.cond(fits(st, i) & (top(st) > widths[i]),
                       lambda s: _compact(s, spec), lambda s: s, st)
     st = jax.lax.while_loop(
@@ -431,111 +435,6 @@ def segment(graphdef, params, st: State, c: Consts, *, spec: Spec, mesh):
   st = _per_device(functools.partial(_segment_local, graphdef, spec=spec),
                    mesh, 2)(params, st, c)
   return st, _pending(st, c, spec, mesh)
-
-
-class Result(NamedTuple):
-  """NumPy outputs for this process's prompts: tokens / logprobs / mask
-  [B, k, L], lengths [B, k], and `stats`: decode steps (the longest device
-  loop), slot_steps (row-steps executed: each step's width, summed over
-  devices), busy_steps
-  (row-steps of busy slots), segments (host round trips)."""
-  tokens: np.ndarray
-  logprobs: np.ndarray
-  mask: np.ndarray
-  lengths: np.ndarray
-  stats: dict
-
-
-def _local(mesh, x) -> np.ndarray:
-  return np.asarray(x) if mesh is None else sharding.local_rows(mesh, x)
-
-
-def _rows(mesh, x, shards: int) -> np.ndarray:
-  """This process's rows of a per-device [R + 1, ...] output, spare rows
-  dropped."""
-  x = _local(mesh, x)
-  x = x.reshape((shards, -1) + x.shape[1:])[:, :-1]
-  return x.reshape((-1,) + x.shape[2:])
-
-
-def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
-        spec_args: dict, slots: int = 0, pages: int = 0, pool_rows: int = 0,
-        mesh=None, on_done=None) -> Result:
-  """Decode this process's prompts with the engine.
-
-  Args:
-    graphdef, params: the split sampler (`nnx.split(model)`), params laid
-      out for decoding (see `rollout.decode_params`).
-    prompt_tokens, prompt_mask: NumPy [B, P] (any padding side); with a mesh
-      this process's contiguous block, B a multiple of its devices' share.
-    prompt_key_data: uint32 [B, 2] per-prompt key data.
-    spec_args: `plan_spec` keyword arguments except batch / width / slots.
-    slots: decode slots summed over all devices (continuous engine; 0 = as
-      many as rows).
-    pages: paged cache: pool pages summed over all devices (0: the memory
-      of `pool_rows` contiguous rows, or of `slots` rows).
-    on_done: called as `on_done(prompt_indices, tokens [n, k, L], mask
-      [n, k, L])` for prompts whose k samples have all ended, while the
-      others decode; each prompt once.
-  """
-  packed, plen = pack_prompts(prompt_tokens, prompt_mask)
-  key_data = np.asarray(prompt_key_data, np.uint32)
-  b = packed.shape[0]
-  shards = (sharding.batch_shards(mesh) // jax.process_count()) if mesh else 1
-  if b % shards:
-    raise ValueError(f"engine: {b} prompts do not split over {shards} "
-                     "devices (pad the batch)")
-  total = shards * jax.process_count()
-  spec = plan_spec(platform=platform_of(mesh), batch_dev=b // shards,
-                   prompt_width=packed.shape[1],
-                   slots_dev=slots // total if slots else 0,
-                   pages_dev=pages // total if pages else 0,
-                   pool_rows_dev=pool_rows // total,
-                   **{"segment_steps": 0 if on_done is None else
-                      max(16, spec_args["max_new_tokens"] // 8),
-                      **spec_args})
-  put = (lambda a: jnp.asarray(a)) if mesh is None else (
-      lambda a: sharding.global_batch(mesh, a))
-  c = Consts(put(packed), put(plen), put(key_data))
-  st, more = begin(graphdef, params, c, spec=spec, mesh=mesh)
-  k, segments = spec.num_samples, 1
-  reported = plen == 0
-  while True:
-    last = not bool(more)
-    if on_done is not None:  # Every process fetches, fresh or not (SPMD).
-      fresh = (_local(mesh, st.finished_B) >= k) & ~reported
-      idx = np.flatnonzero(fresh)
-      tok = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)[idx]
-      lens = _rows(mesh, st.length_R, shards).reshape(b, k)[idx]
-      reported |= fresh
-    else:
-      fresh = np.zeros(b, bool)
-    if last:
-      break
-    st, more = segment(graphdef, params, st, c, spec=spec, mesh=mesh)
-    segments += 1
-    if fresh.any():  # While the device decodes the next segment.
-      on_done(idx, tok, np.arange(tok.shape[-1]) < lens[..., None])
-  if fresh.any():
-    on_done(idx, tok, np.arange(tok.shape[-1]) < lens[..., None])
-  tokens = _rows(mesh, st.tokens_RL, shards).reshape(b, k, -1)
-  logprobs = _rows(mesh, st.logprobs_RL, shards).reshape(b, k, -1)
-  lengths = _rows(mesh, st.length_R, shards).reshape(b, k)
-  mask = np.arange(tokens.shape[-1]) < lengths[..., None]
-  steps = distributed.host_value(st.steps_1)
-  busy = distributed.host_value(st.busy_1)
-  executed = distributed.host_value(st.rows_1)
-  stats = {"steps": int(steps.max()),
-           "slot_steps": int(executed.sum()),
-           "busy_steps": int(busy.sum()), "segments": segments,
-           "slots": spec.slots * total, "cache_len": spec.cache_len}
-  if spec.page:  # Pool use: the most pages any device held at once.
-    stats.update(pages=spec.pages * total, page_size=spec.page,
-                 pages_peak=int(distributed.host_value(st.peak_1).max()),
-                 page_waits=int(distributed.host_value(st.waits_1).sum()),
-                 pages_leaked=int(distributed.host_value(st.refs_P).sum()))
-  return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
-                mask, lengths.astype(np.int32), stats)
 
 
 # --- Single programs, for the planner's cost model (poly_epo/plan.py) ----

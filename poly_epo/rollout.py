@@ -30,6 +30,7 @@ import tqdm
 from flax import nnx
 
 from poly_epo import engine as engine_lib
+from poly_epo import engine_host
 from poly_epo import sampling, sharding
 
 
@@ -161,9 +162,9 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       key = np.concatenate([key, np.repeat(key[:1], pad, 0)])
     done = None if on_done is None else functools.partial(
         _report, on_done, start=s, real=n)
-    out = engine_lib.run(graph, state, tok, msk, key, spec_args=spec_args,
-                         slots=slots, pages=pages, pool_rows=pool_rows,
-                         mesh=mesh, on_done=done)
+    out = engine_host.run(graph, state, tok, msk, key, spec_args=spec_args,
+                          slots=slots, pages=pages, pool_rows=pool_rows,
+                          mesh=mesh, on_done=done)
     if stats is not None:
       for name, value in out.stats.items():
         add = name in ("steps", "slot_steps", "busy_steps", "segments",

@@ -138,13 +138,13 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
   vocab = model.cfg.vocab_size
   if eos_id is not None and eos_id >= vocab:
     raise ValueError(f"generate: eos_id={eos_id} is outside the vocab ({vocab})")
-  from poly_epo import engine  # The engine samples with this module.
+  from poly_epo import engine_host  # The engine samples with this module.
   b = prompt_tokens.shape[0]
   graphdef, state = nnx.split(model)
   keys = prompt_keys(rng, b)
   if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.key_data(keys)
-  out = engine.run(
+  out = engine_host.run(
       graphdef, state, np.asarray(prompt_tokens), np.asarray(prompt_mask),
       np.asarray(keys), mesh=mesh, spec_args=dict(
           num_samples=num_samples, max_new_tokens=max_new_tokens,
