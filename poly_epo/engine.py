@@ -191,6 +191,12 @@ def _note_peak(st: State, spec: Spec) -> State:
       st.peak_1, spec.pages - paged.free_pages(st.refs_P)))
 
 
+def _free_slots(st: State, n: int):
+  """The first `n` free slots (lowest first; busy ones after them when
+  fewer are free)."""
+  return jnp.argsort(st.row_S >= 0, stable=True)[:n]
+
+
 def insert(model, st: State, c: Consts, spec: Spec, count: int,
            rope) -> State:
   """Prefill the next `count` prompts of the queue once and put their k
@@ -202,7 +208,7 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   ok_R = idx_R < batch
   safe = jnp.minimum(idx_R, batch - 1)
   toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
-  free_first = jnp.argsort(st.row_S >= 0, stable=True)[:count * k]
+  free_first = _free_slots(st, count * k)
   taken_R = ok_R
   if spec.page:  # Admit a prefix of the prompts, while safe (paged.admit).
     refs, table_N, taken_R, claim, held = paged.admit(
@@ -324,7 +330,7 @@ def _admissible(st: State, c: Consts, spec: Spec):
   """Whether the queue's next prompt would be admitted now (paged): the
   admission test alone, no page taken."""
   nxt = jnp.minimum(st.next_1[0], c.plen_B.shape[0] - 1)
-  free = jnp.argsort(st.row_S >= 0, stable=True)[:spec.num_samples]
+  free = _free_slots(st, spec.num_samples)
   return paged.admission(
       st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, c.plen_B[nxt][None],
       c.plen_B[nxt][None] > 0, free[None],
@@ -374,6 +380,7 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
   st = jax.lax.while_loop(
       lambda st: (st.steps_1[0] < stop) & (busy(st) | queued(st)) &
       ~fits(st, 1), body, st)
+
   def top(st):  # Slots up to the last busy one.
     return jnp.max(jnp.where(st.row_S >= 0, jnp.arange(spec.slots) + 1, 0))
 

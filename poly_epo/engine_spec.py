@@ -77,17 +77,6 @@ def narrow_widths(slots: int, narrow: str, platform: str) -> tuple:
   return tuple(out) if len(out) > 1 else ()
 
 
-def continuous_cpu_attention() -> str:
-  """What "auto" means for the continuous engine on CPU: "full". With
-  refills some busy row is nearly always long, so its window spans almost
-  the whole cache, and on XLA:CPU slicing the window out of the cache costs
-  more than the slots it skips (bench-s, `bench rollout --attention full`
-  vs window: +30% useful tok/s at 288 slots, +13-26% at 1,024; the same
-  tokens). Without refills (the static engine, or continuous with a slot
-  for every row) the window grows with the rows, and "auto" keeps it."""
-  return "full"
-
-
 def default_block(backend: str | None = None) -> int:
   """Decode attention block: 128 slots on accelerators (lane width), 32 on
   CPU (the embedded tasks' sequences are a few dozen slots)."""
@@ -113,7 +102,8 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               platform: str | None = None, narrow: str = "auto") -> Spec:
   """The static settings of one device's engine, errors naming the fields.
   `platform`: the devices the program is for (default: the default
-  backend's); it resolves the cache and the paged cache's attention.
+  backend's); it resolves the cache, the attention, the default block and
+  key layout, and "auto" narrowing.
   Paged: `pages_dev` pages, or the memory of `pool_rows_dev` contiguous
   rows (then, with no `slots_dev`, a slot for every row). `narrow`: once
   the queue is empty, the continuous engine moves its busy rows to the
@@ -142,12 +132,18 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
           f"than num_samples x rollout.refill = {k} x {refill}: a refill "
           f"could never fit")
     first = min(batch_dev, slots_dev // k)
-  block = min(block or default_block(), -(-(prompt_width + max_new_tokens)
-                                         // 8) * 8)
+  block = min(block or default_block(platform),
+              -(-(prompt_width + max_new_tokens) // 8) * 8)
   page, pages = 0, 0
   if (cache == "contiguous" and attention == "auto" and platform == "cpu"
-      and refill):  # Refilled slots: see continuous_cpu_attention.
-    attention = continuous_cpu_attention()
+      and refill):
+    # Refilled slots on CPU read the whole cache: some busy row is nearly
+    # always long, so the window would span almost all of it, and XLA:CPU
+    # slicing the window out costs more than the slots it skips (bench-s,
+    # `bench rollout --attention full` vs window: +30% useful tok/s at 288
+    # slots, +13-26% at 1,024; the same tokens). Without refills the
+    # window grows with the rows, and "auto" keeps it.
+    attention = "full"
   if cache == "contiguous" and attention == "tpu_paged":
     raise ValueError("rollout.attention='tpu_paged' reads a paged cache: "
                      "set rollout.cache='paged'")
@@ -182,7 +178,8 @@ def plan_spec(*, batch_dev: int, prompt_width: int, num_samples: int,
               top_p=float(top_p), eos_id=int(eos_id), pad_id=int(pad_id),
               attention=attention, block=block,
               forced_lengths=forced_lengths,
-              keys_ch=default_keys_ch() if keys_ch is None else keys_ch,
+              keys_ch=default_keys_ch(platform) if keys_ch is None
+              else keys_ch,
               page=page, pages=pages,
               reserve=paged.reserve_rows(pages, cache_len // page)
               if page else 0,

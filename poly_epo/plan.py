@@ -63,7 +63,6 @@ CHIPS = {
     "h100": 79 * 2**30,
     "h200": 139 * 2**30,
 }
-TPU_CHIPS = ("v5e", "v5p", "v6e")
 # (peak bf16 FLOP/s, HBM bytes/s) per chip, for the roofline estimate.
 CHIP_SPEED = {
     "v5e": (197e12, 819e9),
@@ -229,7 +228,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   est["decode_step"] = est.pop(f"decode_step_w{w_full}")
   cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
   rollout_s = schedules[plan_rollout.configured(
-      cfg, "tpu" if chip in TPU_CHIPS else "gpu")]["seconds"]
+      cfg, "tpu" if chip in tpu_topology.SHAPES else "gpu")]["seconds"]
   update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
       "compiler": compiler,

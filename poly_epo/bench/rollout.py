@@ -155,10 +155,10 @@ def bench(args) -> dict:
         np.abs(np.where(ref.mask, kern.logprobs - ref.logprobs, 0)).max())
   if args.paged:
     from poly_epo import engine
-    block = engine.plan_spec(batch_dev=1, prompt_width=args.prompt_len,
-                             num_samples=k, max_new_tokens=args.new_tokens,
-                             cache="paged", page_size=args.page_size).page
-    per_row = -(-(args.prompt_len + args.new_tokens) // block)
+    spec = engine.plan_spec(batch_dev=1, prompt_width=args.prompt_len,
+                            num_samples=k, max_new_tokens=args.new_tokens,
+                            cache="paged", page_size=args.page_size)
+    block, per_row = spec.page, spec.cache_len // spec.page
     pg, extra["continuous_paged"] = _run(
         args, policy, tokens, mask, engine="continuous",
         slots=args.paged_slots or 2 * args.chunk * k, refill=args.refill,

@@ -26,7 +26,7 @@ Implementations (`rollout.attention`):
   cache (`rollout.cache="paged"`, `models/paged.py`).
 - "auto": "pallas" on GPU, "window" elsewhere ("tpu_paged" on TPU with the
   paged cache; the engine's `plan_spec` makes it "full" for the continuous
-  engine's refilled slots on CPU: `engine_spec.continuous_cpu_attention`).
+  engine's refilled slots on CPU: see `engine_spec.plan_spec`).
 
 Exactness: a wider window only appends masked slots, whose probabilities
 and values are exact zeros, and the max is order-free; so a row's output

@@ -226,8 +226,7 @@ def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int,
   (slot `slot_S`), oldest first (`order_S`: lower first; the engine's row
   ids, admitted in queue order; default slot order): a row of the oldest
   `reserve` rows' reserve (`reserved`) gets one whenever the state stays
-  safe,
-  another only from the pages beyond the reserve; the others wait (they
+  safe, another only from the pages beyond the reserve; the others wait (they
   decode nothing this step). Some row always moves: the oldest live row
   is in the reserve whenever the free pages cover its claim, and
   otherwise the first row of a safe order is granted from the spare
