@@ -72,7 +72,8 @@ def model_config(cfg):
   preset, dtypes and memory options from the config)."""
   from poly_epo import checkpointing, storage
   from poly_epo.models import ModelConfig, preset
-  path = cfg.base_policy
+  from poly_epo.convert import policy_path
+  path = policy_path(cfg.base_policy)
   if path and checkpointing.is_policy_dir(path):
     mcfg = checkpointing.config_from_dict(storage.read_json(
         storage.join(path, "model_config.json")))

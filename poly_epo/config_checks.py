@@ -138,8 +138,15 @@ def check_config(cfg) -> None:
        f"data x fsdp = {batch_shards} devices")
   need(cfg.lock_timeout_s > 0, "lock_timeout_s", "must be > 0")
   if cfg.base_policy:
-    need(storage.isdir(cfg.base_policy), "base_policy",
-         f"no checkpoint folder at {cfg.base_policy!r}")
+    from poly_epo.convert import is_gguf, resolve_gguf
+    if is_gguf(cfg.base_policy):
+      try:
+        resolve_gguf(cfg.base_policy)
+      except FileNotFoundError as e:
+        need(False, "base_policy", str(e))
+    else:
+      need(storage.isdir(cfg.base_policy), "base_policy",
+           f"no checkpoint folder at {cfg.base_policy!r}")
   need(cfg.export_dtype in ("", "float32", "bfloat16", "float16"),
        "export_dtype", "'', 'float32', 'bfloat16' or 'float16'")
   need(cfg.ckpt_every >= 1 and cfg.keep_checkpoints >= 1, "ckpt_every",

@@ -199,6 +199,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   content (JSON types: string keys for k). Strategy labels come from the
   config's judge when it has one, else from the task."""
   from poly_epo import checkpointing, tasks
+  from poly_epo.convert import policy_path
   from poly_epo.judges.factory import make_judge
   from poly_epo.run_config import flat_config
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
@@ -215,7 +216,8 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
   judge = make_judge(cfg) if cfg.judge.kind != "task" else None
   loaded = {}
   for spec in policies:
-    path = (cfg.base_policy or storage.join(cfg.workdir, "base")) \
+    path = (policy_path(cfg.base_policy) or
+            storage.join(cfg.workdir, "base")) \
         if spec == "base" else spec
     if not storage.isdir(path):
       raise FileNotFoundError(f"--policy {spec}: no folder {path!r}")

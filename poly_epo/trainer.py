@@ -26,6 +26,7 @@ from poly_epo import (checkpointing, compile_cache, config_checks,
                       distributed, evaluation, export, metrics, packing,
                       pretrain, rollout, scoring, set_rl, sharding, storage,
                       tasks, update)
+from poly_epo.convert import policy_path
 from poly_epo.judges.factory import JudgeWatch, make_judge
 from poly_epo.run_config import check_workdir, flat_config, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
@@ -48,7 +49,7 @@ def base_policy(cfg, mesh=None, progress: bool = True):
   """(model, tokenizer): `config.base_policy` (a policy or Hugging Face
   folder), or <workdir>/base, pretrained there first when missing (embedded
   tasks), loaded straight onto the mesh in the config's dtypes."""
-  path = cfg.base_policy or storage.join(cfg.workdir, "base")
+  path = policy_path(cfg.base_policy) or storage.join(cfg.workdir, "base")
   if not storage.isdir(path):
     if cfg.base_policy:
       raise FileNotFoundError(f"config.base_policy: no folder {path!r}")

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from poly_epo import packing, sharding, update
+from poly_epo import checkpointing, packing, sharding, update
+from poly_epo.convert import policy_path
 from poly_epo.bench.device import card, card_figures, peak_memory_bytes
 from poly_epo.models import init_model, preset
 
@@ -32,6 +33,9 @@ from poly_epo.models import init_model, preset
 def _parse(argv):
   ap = argparse.ArgumentParser(prog="python -m poly_epo.bench train")
   ap.add_argument("--preset", default="bench-m")
+  ap.add_argument("--policy", default="",
+                  help="a real model instead of --preset: a Hugging Face or "
+                  "policy folder, a .gguf file or pkg:<package>/<file>")
   ap.add_argument("--dtype", default="float32", help="compute dtype")
   ap.add_argument("--remat", default="full", choices=["none", "full", "dots"])
   ap.add_argument("--attention", default="xla",
@@ -78,11 +82,17 @@ def model_flops_per_token(cfg, seq_len: int) -> float:
 
 def main(argv=None):
   args = _parse(argv)
-  cfg = preset(args.preset, param_dtype="float32", dtype=args.dtype,
-               remat=args.remat, attention=args.attention,
-               attention_chunk=args.attention_chunk)
+  opts = dict(param_dtype="float32", dtype=args.dtype, remat=args.remat,
+              attention=args.attention, attention_chunk=args.attention_chunk)
   mesh = sharding.make_mesh(0, 1, 1)
-  graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+  if args.policy:
+    model, _, _ = checkpointing.load_any(policy_path(args.policy), mesh,
+                                         **opts)
+    cfg = model.cfg
+  else:
+    cfg = preset(args.preset, **opts)
+    model = init_model(cfg, seed=0)
+  graphdef, params = nnx.split(model, nnx.Param)
   tx = update.make_optimizer(1e-6, weight_decay=0.01, grad_clip=1.0)
   params_sh = sharding.tree_shardings(params, mesh)
   params = jax.device_put(params, params_sh)

@@ -11,7 +11,7 @@ from any module (no package edit):
       def _reward(self, prompt, response): ...
 """
 
-from poly_epo.tasks import math, multiplication, polynomial  # noqa: F401
+from poly_epo.tasks import chat, math, multiplication, polynomial  # noqa: F401
 from poly_epo.tasks.base import (Task, get, identity, labels_by_answer,
                                  register_task, task_names)
 
