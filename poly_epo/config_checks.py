@@ -68,6 +68,11 @@ def check_config(cfg) -> None:
        f"{cfg.num_samples} rows per device")
   need(1 <= cfg.set_size <= cfg.num_samples, "set_size",
        f"{cfg.set_size} must be between 1 and num_samples={cfg.num_samples}")
+  need(cfg.algorithm in set_rl.baseline_names() or
+       cfg.set_size < cfg.num_samples, "set_size",
+       f"{cfg.set_size} = num_samples: one set per prompt, so every set "
+       f"advantage f(S) - mean f is 0 and {cfg.algorithm} cannot learn; "
+       "use num_samples > set_size (N = 8, n = 4: 70 sets)")
   need(cfg.reduce in ("mean", "sum"), "reduce", "'mean' or 'sum'")
   need(cfg.loss.aggregation in losses.AGGREGATIONS, "loss.aggregation",
        f"one of {losses.AGGREGATIONS}")
@@ -137,6 +142,8 @@ def check_config(cfg) -> None:
        f"micro-batches of {seqs // chunks} sequences do not split over "
        f"data x fsdp = {batch_shards} devices")
   need(cfg.lock_timeout_s > 0, "lock_timeout_s", "must be > 0")
+  from poly_epo import update
+  update.layout(cfg, batch_shards)  # Its own one-line config errors.
   if cfg.base_policy:
     from poly_epo.convert import is_gguf, resolve_gguf
     if is_gguf(cfg.base_policy):
@@ -167,3 +174,17 @@ def check_config(cfg) -> None:
   if cfg.judge.kind == "inprocess":
     need(storage.isdir(cfg.judge.path), "judge.path",
          f"no model folder at {cfg.judge.path!r}")
+
+
+def check_labels(cfg, task) -> None:
+  """Refuse an algorithm that reads strategy labels on a task that gives
+  none when no LM judge is configured (every label would be DEGENERATE and
+  every advantage 0, silently)."""
+  if cfg.algorithm in set_rl.NEEDS_LABELS and cfg.judge.kind == "task" \
+      and not task.gives_labels():
+    hint = (" or config.task.options.labels=answer (the canonical final "
+            "answer is the strategy)" if task.name == "math" else "")
+    raise ValueError(
+        f"config.algorithm={cfg.algorithm} needs strategy labels, but task "
+        f"{task.name!r} gives none and config.judge.kind=task: set "
+        f"config.judge.kind=http or inprocess{hint}")

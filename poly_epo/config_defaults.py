@@ -115,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
   # sequences are short and equal-ish. (Not `update.packing`: ConfigDict's
   # own `update` method owns that name.)
 
+  c.shared_prefix = "auto"  # The update runs each prompt once for its N
+  # samples (models/shared_prefix.py; same loss and gradients, the prompt's
+  # FLOPs N-fold fewer): on | off | auto (on unless packing, when the
+  # prompts split evenly over minibatches, micro-batches and devices).
+
   c.lr = 3e-4  # AdamW learning rate.
   c.lr_schedule = "constant"  # constant | cosine.
   c.warmup_steps = 0  # Linear warmup steps.

@@ -120,19 +120,31 @@ def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
   s = cfg.prompts_per_step * cfg.num_samples
   t = cfg.max_prompt_tokens + cfg.max_new_tokens
   length = cfg.max_new_tokens
+  planned = cfg.copy_and_resolve_references()
+  planned.num_microbatches = num_microbatches
+  planned.model.dtype = mcfg.dtype
+  # The packed layout's shapes depend on the rollout; it is planned as the
+  # padded one (an upper bound).
+  opts = dict(update.layout(planned, sharding.batch_shards(mesh)),
+              packing=False)
   fn = update.make_update_fn(
       graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
       num_minibatches=cfg.num_minibatches, num_microbatches=num_microbatches,
       temperature=cfg.temperature, logprob_chunk=cfg.model.logprob_chunk,
-      recompute_old_logprobs=cfg.recompute_old_logprobs == "on" or (
-          cfg.recompute_old_logprobs == "auto" and mcfg.dtype != "float32"),
-      loss_options=dict(max_len=length))
+      loss_options=dict(max_len=length), **opts)
   b = lambda shape, dt: jax.ShapeDtypeStruct(
       shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
-  batch = update.RolloutBatch(b((s, t), jnp.int32), b((s, t), jnp.bool_),
-                              b((s, length), jnp.bool_),
-                              b((s, length), jnp.float32),
-                              b((s,), jnp.float32))
+  if opts["shared_prefix"]:
+    bp, n, p = cfg.prompts_per_step, cfg.num_samples, cfg.max_prompt_tokens
+    batch = update.SharedBatch(
+        b((bp, p), jnp.int32), b((bp, p), jnp.bool_),
+        b((bp, n, length), jnp.int32), b((bp, n, length), jnp.bool_),
+        b((bp, n, length), jnp.float32), b((bp, n), jnp.float32))
+  else:
+    batch = update.RolloutBatch(b((s, t), jnp.int32), b((s, t), jnp.bool_),
+                                b((s, length), jnp.bool_),
+                                b((s, length), jnp.float32),
+                                b((s,), jnp.float32))
   compiled = fn.lower(_abstract(params, params_sh), _abstract(opt, opt_sh),
                       batch).compile()
   param_bytes = _tree_bytes(params, params_sh)

@@ -99,6 +99,17 @@ def write_json(path, obj) -> None:
   write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
+def append_line(path, obj) -> None:
+  """One JSON line added to a log (object stores: the file rewritten)."""
+  line = json.dumps(obj, sort_keys=True) + "\n"
+  if is_url(path):
+    old = read_text(path) if exists(path) else ""
+    write_text(path, old + line)
+    return
+  with open(path, "a") as f:
+    f.write(line)
+
+
 def begin_folder(path) -> None:
   """Start (re)writing a whole folder in place: mark it incomplete, then
   clear what an earlier write left."""

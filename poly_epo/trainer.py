@@ -24,8 +24,8 @@ from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
                       distributed, evaluation, export, metrics, packing,
-                      pretrain, rollout, scoring, set_rl, sharding, storage,
-                      tasks, update)
+                      pretrain, rollout, scoring, set_rl, sharding,
+                      step_watch, storage, tasks, update)
 from poly_epo.convert import policy_path
 from poly_epo.judges.factory import JudgeWatch, make_judge
 from poly_epo.run_config import check_workdir, flat_config, resolve_config
@@ -73,12 +73,6 @@ def loss_options(cfg) -> dict:
               kl_coef=0.0, entropy_coef=loss["entropy_coef"])
 
 
-def _recompute(cfg) -> bool:
-  if cfg.recompute_old_logprobs == "auto":
-    return cfg.model.dtype != "float32"
-  return cfg.recompute_old_logprobs == "on"
-
-
 @dataclasses.dataclass
 class Run:
   """What every step needs besides the params and optimizer state."""
@@ -114,15 +108,19 @@ def setup(cfg, progress: bool, task, judge):
       graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
       num_minibatches=cfg.num_minibatches,
       num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
-      recompute_old_logprobs=_recompute(cfg),
-      logprob_chunk=cfg.model.logprob_chunk,
-      loss_options=loss_options(cfg), packing=cfg.packing)
+      logprob_chunk=cfg.model.logprob_chunk, loss_options=loss_options(cfg),
+      **run_layout(cfg, mesh))
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
   run = Run(cfg, task, judge, mesh, tok, graphdef, rest, update_fn,
             jax.random.key(cfg.seed), block)
   return run, params, opt_state
+
+
+def run_layout(cfg, mesh) -> dict:
+  """`update.layout` for this run's mesh."""
+  return update.layout(cfg, sharding.batch_shards(mesh))
 
 
 def drop_long_prompts(task, tok, cfg) -> None:
@@ -186,6 +184,15 @@ def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
   """One rollout batch of PPO minibatch updates; returns host metrics."""
   cfg = run.cfg
   k, length = cfg.num_samples, cfg.max_new_tokens
+  if run_layout(cfg, run.mesh)["shared_prefix"]:
+    batch = update.SharedBatch(
+        tokens.astype(np.int32), mask.astype(bool),
+        out.tokens.astype(np.int32), out.mask.astype(bool),
+        out.logprobs.astype(np.float32), adv.astype(np.float32))
+    batch = sharding.host_local_to_global(run.mesh, batch)
+    params, opt_state, upd = run.update_fn(params, opt_state, batch)
+    return params, opt_state, {name: float(distributed.host_value(v))
+                               for name, v in upd.items()}
   batch = update.RolloutBatch(
       tokens_ST=np.concatenate([np.repeat(tokens, k, 0),
                                 out.tokens.reshape(-1, length)], 1),
@@ -214,7 +221,8 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
   counts = distributed.allgather(np.array([[
       judge.counts["failed"] if judge else 0,
       judge.counts["wrong_count"] if judge else 0,
-      sum(run.task.errors.values()), run.task.errors["timeout"]]],
+      sum(run.task.errors.values()) - run.task.errors["unparsed"],
+      run.task.errors["timeout"], run.task.errors["unparsed"]]],
       np.float64))
   correct = rewards >= 0.5
   n_tok = int(lengths.sum())
@@ -232,6 +240,7 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
       "judge_wrong_count": float(counts[:, 1].sum()),
       "task_errors": float(counts[:, 2].sum()),
       "task_timeouts": float(counts[:, 3].sum()),
+      "unparsed_total": float(counts[:, 4].sum()),  # No readable answer.
       **upd,
   }
 
@@ -280,6 +289,7 @@ def train(cfg) -> dict:
       distributed.shared_workdir_check(cfg.workdir, box["all"][0])
       check_workdir(given)
       task = tasks.get(cfg.task.name, **dict(cfg.task.options))
+      config_checks.check_labels(cfg, task)
       judge = make_judge(cfg)
     _write_json(flat_config(given), storage.join(cfg.workdir, "config.json"))
     compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir)
@@ -317,6 +327,8 @@ def _train(cfg, task, judge, stop) -> dict:
 
   nan_run = 0
   watch = JudgeWatch(cfg.judge.max_failed_fraction, cfg.judge.failure_window)
+  zero_watch = step_watch.ZeroAdvantageWatch(cfg)
+  unparsed_before = 0
   bar = tqdm.trange(start, cfg.steps, desc=f"{cfg.algorithm}", initial=start,
                     total=cfg.steps, disable=not progress)
   for step in bar:
@@ -331,15 +343,36 @@ def _train(cfg, task, judge, stop) -> dict:
     if run.judge is not None:
       run.judge.flush(f"step_{step:07d}")  # Shared cache: same labels on
       # resume.
+    t_score = time.perf_counter()
     adv = advantages_step(run, rewards, labels, valid, step)
     t1 = time.perf_counter()
     params, opt_state, upd = update_step(run, params, opt_state, tokens, mask,
                                          out, adv)
-    row = log_row(run, rewards, labels, adv, out, upd, t_sample,
-                  time.perf_counter() - t1)
+    t2 = time.perf_counter()
+    row = log_row(run, rewards, labels, adv, out, upd, t_sample, t2 - t1)
+    row.update({"time/rollout_s": t_sample,
+                "time/score_s": t_score - t0 - t_sample,
+                "time/advantages_s": t1 - t_score, "time/update_s": t2 - t1,
+                "time/step_s": t2 - t0})
     if run.judge is not None:
       row.update(watch.step(distributed.allgather(statuses[None]).sum(0),
                             step))
+    if run.judge is not None:
+      reasons = run.judge.take_reasons()
+      if reasons and distributed.is_main():
+        say(f"step {step}: judge " + "; ".join(
+            f"{kind} x{int(run.judge.counts[kind])} so far, first this "
+            f"step: {why}" for kind, why in reasons.items()))
+        storage.append_line(storage.join(cfg.workdir, "judge_failures.jsonl"),
+                            {"step": step, **reasons})
+    unparsed = int(row["unparsed_total"] - unparsed_before)
+    unparsed_before = row["unparsed_total"]
+    row["unparsed"] = float(unparsed)
+    note = zero_watch.step(step, distributed.allgather(adv),
+                           distributed.allgather(rewards),
+                           distributed.allgather(labels), unparsed)
+    if note:
+      say(note)
     log.write(step, row)
     watch.check(step)  # Before this step's update is checkpointed.
     nan_run = nan_run + 1 if upd["skipped"] else 0

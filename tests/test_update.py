@@ -144,3 +144,93 @@ def test_recomputed_old_logprobs_replace_the_samplers():
   np.testing.assert_allclose(_flat(got), _flat(ref), atol=1e-6)
   assert float(m_got["ratio_mean"]) == pytest.approx(1.0, abs=1e-6)
   assert float(m_got["sampler_logp_abs_diff"]) > 0.1  # The batch's were off.
+
+
+def test_on_policy_update_equals_exact_old_logprobs_without_a_second_pass():
+  # One minibatch: the old log-probs are the forward's own, detached. The
+  # reference is the plain update given the exact current log-probs.
+  from poly_epo import logprobs
+  import optax
+  cfg = preset("tiny", vocab_size=40, dtype="bfloat16")
+  batch = _batch(40)
+  mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)
+  sgd = optax.sgd(0.5)
+  sh = sharding.tree_shardings(params, mesh)
+  opt_sh = sharding.tree_shardings(sgd.init(params), mesh)
+  on = update.make_update_fn(graphdef, sgd, mesh, sh, opt_sh,
+                             prompt_len=P_LEN, on_policy=True,
+                             recompute_old_logprobs=True)
+  new, _, m = on(params, sgd.init(params), batch)
+  # bf16 compute: ratio exactly 1 (a recomputed pass gives ~0.95-1.06).
+  assert float(m["ratio_min"]) == 1.0 == float(m["ratio_max"])
+  assert float(m["sampler_logp_abs_diff"]) > 0.1
+  model = init_model(cfg, seed=0)
+  cur, _ = logprobs.completion_logprobs(model, batch.tokens_ST,
+                                        batch.attn_ST, P_LEN)
+  exact = batch._replace(old_logp_SL=jnp.where(batch.mask_SL, cur, 0.0))
+  _, ref, m_ref = _update_once(cfg, exact, tx=sgd)
+  np.testing.assert_allclose(_flat(new), _flat(ref), atol=2e-3)
+  assert float(m["loss"]) == pytest.approx(float(m_ref["loss"]), abs=1e-3)
+
+
+def _shared(batch, n):
+  b = batch.tokens_ST.shape[0] // n
+  first = np.arange(b) * n
+  rs = lambda x: np.asarray(x).reshape(b, n, *x.shape[1:])
+  return update.SharedBatch(
+      np.asarray(batch.tokens_ST)[first, :P_LEN],
+      np.asarray(batch.attn_ST)[first, :P_LEN],
+      rs(np.asarray(batch.tokens_ST)[:, P_LEN:]), rs(batch.mask_SL),
+      rs(batch.old_logp_SL), rs(batch.adv_S))
+
+
+def _with_shared_prompts(batch, n):
+  """The batch with each group of n rows sharing its first row's prompt."""
+  t, a = np.asarray(batch.tokens_ST).copy(), np.asarray(batch.attn_ST).copy()
+  for s in range(t.shape[0]):
+    t[s, :P_LEN], a[s, :P_LEN] = t[s - s % n, :P_LEN], a[s - s % n, :P_LEN]
+  return batch._replace(tokens_ST=jnp.asarray(t), attn_ST=jnp.asarray(a))
+
+
+@pytest.mark.parametrize("mesh_shape,mini,micro", [
+    ((1, 1, 1), 1, 1), ((1, 1, 1), 2, 2), ((2, 2, 1), 1, 2)])
+def test_shared_prefix_update_equals_the_plain_update(mesh_shape, mini,
+                                                      micro):
+  import optax
+  n = 4
+  batch = _with_shared_prompts(_batch(40), n)
+  devices = jax.devices()[:int(np.prod(mesh_shape))]
+  mesh = sharding.make_mesh(*mesh_shape, devices=devices)
+  graphdef, params = nnx.split(init_model(preset("tiny", vocab_size=40),
+                                          seed=0), nnx.Param)
+  sgd = optax.sgd(0.5)
+  sh = sharding.tree_shardings(params, mesh)
+  opt_sh = sharding.tree_shardings(sgd.init(params), mesh)
+  # The shared layout puts prompt b in minibatch b % mini, micro-batch
+  # (b // mini) % micro; the plain one puts row s by s instead. Reorder the
+  # plain rows so both updates see the same groups.
+  s_total, b_total = batch.adv_S.shape[0], batch.adv_S.shape[0] // n
+  group = lambda i: (i % mini, (i // mini) % micro)
+  slots = {g: [s for s in range(s_total) if group(s) == g]
+           for g in {group(s) for s in range(s_total)}}
+  order = np.empty(s_total, int)
+  for b in range(b_total):
+    for j in range(n):
+      order[slots[group(b)].pop(0)] = b * n + j
+  plain = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[order]), batch)
+  out = {}
+  for shared in (False, True):
+    fn = update.make_update_fn(graphdef, sgd, mesh, sh, opt_sh,
+                               prompt_len=P_LEN, num_minibatches=mini,
+                               num_microbatches=micro, shared_prefix=shared)
+    b = _shared(batch, n) if shared else plain
+    b = jax.device_put(b, jax.tree.map(
+        lambda x: sharding.batch_sharding(mesh, x.ndim), b))
+    p = jax.device_put(jax.tree.map(jnp.array, params), sh)
+    out[shared] = fn(p, sgd.init(p), b)
+  (p0, _, m0), (p1, _, m1) = out[False], out[True]
+  np.testing.assert_allclose(_flat(p1), _flat(p0), atol=1e-5)
+  assert float(m1["loss"]) == pytest.approx(float(m0["loss"]), abs=1e-6)
+  assert np.abs(_flat(p1) - _flat(params)).max() > 1e-4  # It did update.
+  assert float(m1["num_tokens"]) == float(m0["num_tokens"])

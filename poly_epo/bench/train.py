@@ -52,6 +52,19 @@ def _parse(argv):
                   "[L/20, L] (prompts then uniform on [P/4, P])")
   ap.add_argument("--packing", action="store_true",
                   help="the update on packed sequences (config.packing)")
+  ap.add_argument("--shared-prefix", action="store_true",
+                  help="each prompt's forward once for its --samples "
+                  "responses (config.shared_prefix)")
+  ap.add_argument("--samples", type=int, default=8,
+                  help="N responses per prompt (--seqs / N prompts)")
+  ap.add_argument("--minibatches", type=int, default=1,
+                  help="optimizer steps per batch (1: on policy, old "
+                  "log-probs from the same forward pass)")
+  ap.add_argument("--split", action="store_true",
+                  help="also time the step's parts alone: one forward "
+                  "(the old-log-prob pass), forward + backward, optimizer")
+  ap.add_argument("--profile", default="",
+                  help="write a jax.profiler trace of one update here")
   ap.add_argument("--peak-tflops", type=float, default=0.0,
                   help="bf16 peak per device (default: the card's measured)")
   return ap.parse_args(argv)
@@ -73,6 +86,30 @@ def _batch(args, vocab: int) -> update.RolloutBatch:
       np.where(attn, tokens, 0), attn, attn[:, p:],
       np.where(attn[:, p:], -2.0, 0.0).astype(np.float32),
       rs.randn(s).astype(np.float32))
+
+
+def _shared(batch: update.RolloutBatch, p: int, n: int) -> update.SharedBatch:
+  """The same sequences grouped by prompt (each prompt's N rows share row
+  0's prompt)."""
+  s = batch.tokens_ST.shape[0]
+  b = s // n
+  first = np.arange(b) * n
+  rs = lambda x: x.reshape(b, n, *x.shape[1:])
+  return update.SharedBatch(
+      batch.tokens_ST[first, :p], batch.attn_ST[first, :p],
+      rs(batch.tokens_ST[:, p:]), rs(batch.mask_SL),
+      rs(batch.old_logp_SL), rs(batch.adv_S))
+
+
+def _timed(fn, *args, repeats: int) -> float:
+  """Median seconds of `fn(*args)` after one warm-up call."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
 
 
 def model_flops_per_token(cfg, seq_len: int) -> float:
@@ -99,14 +136,21 @@ def main(argv=None):
   opt_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   p, length, s = args.prompt_len, args.new_tokens, args.seqs
-  fn = update.make_update_fn(graphdef, tx, mesh, params_sh, opt_sh,
-                             prompt_len=p, num_microbatches=args.micro,
-                             logprob_chunk=args.logprob_chunk,
-                             packing=args.packing)
+  fn, parts = update.make_update_fn(
+      graphdef, tx, mesh, params_sh, opt_sh, prompt_len=p,
+      num_minibatches=args.minibatches, num_microbatches=args.micro,
+      logprob_chunk=args.logprob_chunk, packing=args.packing,
+      shared_prefix=args.shared_prefix, on_policy=args.minibatches == 1,
+      loss_options=dict(max_len=length), with_parts=True)
   batch = _batch(args, cfg.vocab_size)
   real = int(batch.attn_ST.sum())
-  if args.packing:
-    batch = packing.packed_batch(batch, 1, args.micro, mesh)
+  if args.shared_prefix:
+    if s % args.samples:
+      raise SystemExit(f"--seqs {s} is not a multiple of --samples")
+    batch = _shared(batch, p, args.samples)
+    real = int(batch.pmask_BP.sum() + batch.mask_BNL.sum())
+  elif args.packing:
+    batch = packing.packed_batch(batch, args.minibatches, args.micro, mesh)
   batch = sharding.host_local_to_global(mesh, batch)
   t0 = time.perf_counter()
   params, opt_state, m = fn(params, opt_state, batch)
@@ -119,14 +163,23 @@ def main(argv=None):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   t = statistics.median(times)
-  tokens = real  # Real tokens only: padding is not throughput.
+  if args.profile:
+    jax.profiler.start_trace(args.profile)
+    params, opt_state, m = fn(params, opt_state, batch)
+    jax.block_until_ready(m)
+    jax.profiler.stop_trace()
+  tokens = int(np.asarray(batch.attn_ST).sum()) if not (
+      args.shared_prefix or args.packing) else _batch(
+          args, cfg.vocab_size).attn_ST.sum()  # Real tokens of S sequences.
   flops = model_flops_per_token(cfg, p + length) * tokens
   peak = (args.peak_tflops * 1e12) or card_figures().get("bf16_flops")
   n_dev = jax.device_count()
-  print(f"device={card()} x{n_dev} preset={args.preset} "
+  print(f"device={card()} x{n_dev} "
+        f"{'policy=' + args.policy if args.policy else 'preset=' + args.preset} "
         f"params={cfg.num_params / 1e6:.1f}M dtype={args.dtype} "
         f"remat={args.remat} attention={args.attention} S={s} T={p + length} "
         f"micro={args.micro} lengths={args.lengths} packing={args.packing} "
+        f"shared_prefix={args.shared_prefix} "
         f"repeats={args.repeats} (medians)")
   line = (f"train step: {t * 1e3:.1f} ms, {tokens / t:,.0f} real tok/s "
           f"({tokens:,} real of {s * (p + length):,} padded tokens), "
@@ -135,6 +188,19 @@ def main(argv=None):
     line += f", MFU {flops / t / (peak * n_dev):.1%} of {peak / 1e12:.0f} " \
             "TFLOP/s per device"
   print(line)
+  if args.split:
+    one = jax.tree.map(lambda x: x[:x.shape[0] // args.micro], batch)
+    fwd = _timed(parts["forward"], params, one, repeats=args.repeats)
+    grad = _timed(parts["loss_grad"], params, one, repeats=args.repeats)
+    zeros = jax.tree.map(np.zeros_like, params)
+    opt = _timed(parts["optimizer"], zeros, opt_state, params,
+                 repeats=args.repeats)
+    k = args.micro
+    rest = t - args.minibatches * (k * grad + opt)
+    print(f"split (s): forward {fwd * k:.2f} (the old-log-prob pass; not "
+          f"run on policy), forward+backward {grad * k:.2f}, optimizer "
+          f"{opt:.2f}, rest of the update {rest:.2f} (accumulation, skips, "
+          "metrics)")
   mem = peak_memory_bytes()
   print(f"peak device memory: {mem / 2**30:.2f} GiB" if mem is not None
         else "peak device memory: n/a on this platform")

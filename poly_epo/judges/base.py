@@ -6,9 +6,12 @@ rules of DESIGN 3.4:
 - the reply has the wrong number of labels -> the prompt is marked invalid
   (its advantages are 0), status "wrong_count".
 
-Each case is counted in `judge.counts` for logging; `cluster_many` returns
-the statuses so the trainer can log per-step fractions and stop a run whose
-judge keeps failing (config.judge.max_failed_fraction).
+Each case is counted in `judge.counts` for logging, and the first reason of
+each kind (the exception, or the reply that did not parse) is kept until
+`take_reasons()` (the trainer prints and logs them every step);
+`cluster_many` returns the statuses so the trainer can log per-step
+fractions and stop a run whose judge keeps failing
+(config.judge.max_failed_fraction).
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ class Judge:
 
   def __init__(self, max_response_tokens: int = 4096):
     self.counts: collections.Counter = collections.Counter()
+    self.reasons: dict[str, str] = {}  # Kind -> first reason since taken.
     self.max_response_tokens = max_response_tokens
+
+  def _fail(self, kind: str, reason: str) -> None:
+    self.counts[kind] += 1
+    self.reasons.setdefault(kind, " ".join(reason.split())[:300])
+
+  def take_reasons(self) -> dict[str, str]:
+    """The first reason of each failure kind since the last call."""
+    reasons, self.reasons = self.reasons, {}
+    return reasons
 
   def complete(self, prompt_text: str) -> str:
     raise NotImplementedError
@@ -58,15 +71,18 @@ class Judge:
 
   def cluster(self, problem: str, responses: Sequence[str]) -> JudgeResult:
     n = len(responses)
+    reply = None
     try:
       reply = self.complete(build_prompt(
           problem, [self.prepare(r) for r in responses]))
       labels = parse_labels(reply, n)
-    except JudgeCountError:
-      self.counts["wrong_count"] += 1
+    except JudgeCountError as e:
+      self._fail("wrong_count", f"{e}; reply: {reply!r}")
       return JudgeResult(list(range(n)), False, "wrong_count")
-    except (JudgeFormatError, Exception):  # noqa: BLE001 - the failure rule.
-      self.counts["failed"] += 1
+    except (JudgeFormatError, Exception) as e:  # noqa: BLE001 - the rule.
+      why = f"{type(e).__name__}: {e}"
+      self._fail("failed", why if reply is None else f"{why}; reply: "
+                 f"{reply!r}")
       return JudgeResult(list(range(n)), True, "failed")
     self.counts["ok"] += 1
     return JudgeResult(labels, True, "ok")

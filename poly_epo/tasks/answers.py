@@ -76,13 +76,14 @@ def final_number(text: str) -> int | None:
 
 def final_point(text: str) -> tuple[int, int] | None:
   """The integer point (x, y) the response ends on: the segment's last
-  `(a, b)`, else its last `x = a, y = b`; then the same over the whole
-  response's last 200 characters (a point written without a marker)."""
+  `(a, b)` or `x = a, y = b`, whichever comes later; then the same over
+  the response's last 200 characters (a point written without a
+  marker)."""
   for where in (final_segment(text), text[-200:]):
     if not where:
       continue
-    pairs = _POINT.findall(where) or _XY.findall(where)
-    if pairs:
-      x, y = pairs[-1]
-      return int(x), int(y)
+    found = [m for regex in (_POINT, _XY) for m in regex.finditer(where)]
+    if found:
+      last = max(found, key=lambda m: m.end())
+      return int(last.group(1)), int(last.group(2))
   return None

@@ -51,6 +51,11 @@ class Task:
   def _answer(self, prompt: str, response: str) -> str | None:
     return None
 
+  def gives_labels(self) -> bool:
+    """Whether `label` returns strategy labels (False: it defers to an LM
+    judge, and without one every response is DEGENERATE)."""
+    return True
+
   def corpus(self, seed: int, count: int) -> list[tuple[str, str]]:
     raise NotImplementedError(f"task {self.name!r} has no base corpus")
 

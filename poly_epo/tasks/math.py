@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from poly_epo.tasks.base import Task, register_task
+from poly_epo.tasks.base import Task, labels_by_answer, register_task
 from poly_epo.tasks.math_data import (check_conflicts, load_records,
                                       normalise_problem)
 from poly_epo.tasks.math_check import (answers_match, final_answer, last_boxed,
@@ -44,8 +44,10 @@ class MathTask(Task):
   `answer_timeout` (the answer pool), `eval_sets` ({name: path}: held-out
   sets evaluated separately, e.g. the authors' MATH-500, AIME25,
   BeyondAIME, Minerva), `bad_rows` (error | drop: invalid rows refused, or
-  skipped and counted in `self.dropped`). Files: flat JSONL / Parquet or
-  verl's format."""
+  skipped and counted in `self.dropped`), `labels` (judge: an LM judge
+  labels strategies; answer: the normalised final answer is the label, the
+  paper's rule for polynomial solving, usable without a judge). Files: flat
+  JSONL / Parquet or verl's format."""
 
   embedded = False
   max_response_chars = 16384
@@ -54,8 +56,14 @@ class MathTask(Task):
                problem_field: str = "problem", answer_field: str = "answer",
                heldout_fraction: float = 0.1, chat_template: str = "auto",
                workers: int = 0, answer_timeout: float = 5.0,
-               eval_sets=None, bad_rows: str = "error"):
+               eval_sets=None, bad_rows: str = "error",
+               labels: str = "judge"):
     super().__init__()
+    if labels not in ("judge", "answer"):
+      raise ValueError(f"config.task.options.labels={labels!r}: 'judge' "
+                       "(an LM judge labels strategies) or 'answer' (the "
+                       "canonical final answer is the label)")
+    self.labels = labels
     if math_verify is None:
       raise ImportError("the math task checks answers with math-verify: "
                         "pip install -e '.[math]'")
@@ -171,6 +179,15 @@ class MathTask(Task):
   def _answer(self, prompt, response):
     ans = final_answer(response)
     return None if ans is None else normalise(ans)
+
+  def gives_labels(self) -> bool:
+    return self.labels == "answer"
+
+  def _label(self, prompt, responses):
+    if self.labels == "judge":
+      return None  # The LM judge labels.
+    return labels_by_answer(self.group_answers(
+        prompt, [self._answer(prompt, r) for r in responses]))
 
   def _reward(self, prompt, response):
     gold = self.gold_answer(prompt)
