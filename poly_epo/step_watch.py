@@ -17,17 +17,17 @@ def zero_cause(cfg, rewards_BN, labels_BN, unparsed: int) -> str:
       (cfg.num_sets == 1 or math.comb(cfg.num_samples, cfg.set_size) == 1):
     return ("one set per prompt (config.num_sets / set_size): every set "
             "advantage f(S) - mean f is 0")
-  if cfg.algorithm in set_rl.NEEDS_LABELS and \
-      np.all(labels_BN == DEGENERATE):
-    return ("no strategy labels: every response is DEGENERATE (a task "
-            "without labels and no judge, or answers that never parse: "
-            f"{unparsed} unparsed this step)")
   if np.all(rewards_BN == rewards_BN[:, :1]):
     values = ", ".join(f"{v:g}" for v in np.unique(rewards_BN)[:4])
     hint = (f"; {unparsed} responses had no readable final answer"
             if unparsed else "")
     return (f"rewards are equal within every prompt ({values}): too hard or "
             f"too easy for the policy, or the reward never pays{hint}")
+  if cfg.algorithm in set_rl.NEEDS_LABELS and \
+      np.all(labels_BN == DEGENERATE):
+    return ("no strategy labels: every response is DEGENERATE (a task "
+            "without labels and no judge, or answers that never parse: "
+            f"{unparsed} unparsed this step)")
   return "rewards or labels give no set a different score"
 
 

@@ -234,3 +234,27 @@ def test_training_stops_loudly_when_the_judge_goes_down(server, tmp_path):
   cfg.judge.url = "http://127.0.0.1:9/v1"  # Nothing listens there.
   with pytest.raises(RuntimeError, match=r"config\.judge\.url"):
     trainer.train(cfg)
+
+
+def test_failures_keep_their_first_reason_per_step():
+  class Scripted(judges.Judge):
+    def __init__(self, replies):
+      super().__init__()
+      self.replies = list(replies)
+
+    def complete(self, prompt_text):
+      r = self.replies.pop(0)
+      if isinstance(r, Exception):
+        raise r
+      return r
+
+  j = Scripted([RuntimeError("out of memory in the judge"), "gibberish",
+                '{"labels": ["A", "B"]}', RuntimeError("second error")])
+  for _ in range(4):
+    j.cluster("q", ["a", "b", "c"])
+  reasons = j.take_reasons()
+  assert reasons["failed"].startswith("RuntimeError: out of memory")
+  assert reasons["wrong_count"].startswith("judge gave 2 labels for 3")
+  assert """reply: '{"labels": ["A", "B"]}'""" in reasons["wrong_count"]
+  assert j.counts["failed"] == 3 and j.counts["wrong_count"] == 1
+  assert j.take_reasons() == {}  # Taken: the next step starts empty.

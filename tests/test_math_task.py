@@ -6,6 +6,7 @@ import os
 import pytest
 
 from poly_epo import tasks
+from poly_epo.labels import DEGENERATE
 from poly_epo.tasks.math import last_boxed, normalise
 from task_safety import check_hostile
 
@@ -221,3 +222,17 @@ def test_non_utf8_names_file_and_line(tmp_path):
                    '{"problem": "caf\xe9?", "answer": "1"}\n'.encode("latin-1"))
   with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8"):
     tasks.get("math", path=str(path), heldout_fraction=0.0)
+
+
+def test_labels_by_canonical_answer_without_a_judge():
+  judged = tasks.get("math", path=SAMPLE, workers=1)
+  prompt = judged.train_prompts(0, 1)[0]
+  responses = ["so \\boxed{1/2}", "\\boxed{\\frac{1}{2}}", "\\boxed{3}",
+               "no answer"]
+  assert judged.label(prompt, responses) is None and not judged.gives_labels()
+  by_answer = tasks.get("math", path=SAMPLE, workers=1, labels="answer")
+  labels = by_answer.label(prompt, responses)
+  assert labels[0] == labels[1] != labels[2]  # 1/2 and \frac{1}{2} agree.
+  assert labels[3] == DEGENERATE and by_answer.gives_labels()
+  with pytest.raises(ValueError, match="labels='votes'"):
+    tasks.get("math", path=SAMPLE, labels="votes")

@@ -181,6 +181,9 @@ def test_sigkill_and_resume_gives_the_same_metrics(base, tmp_path):
     ({"pretrain.lr": 0.0}, "pretrain.lr"),
     ({"judge.max_concurrency": 0}, "judge.max_concurrency"),
     ({"prompts_per_step": 3}, "prompts_per_step"),  # 8 batch shards here.
+    ({"num_samples": 4, "set_size": 4}, "set_size"),  # One set: all 0.
+    ({"shared_prefix": "sometimes"}, "shared_prefix"),
+    ({"shared_prefix": "on", "packing": True}, "shared_prefix"),
 ])
 def test_impossible_configs_fail_fast(overrides, field):
   cfg = _config(**overrides)
@@ -303,3 +306,21 @@ def test_nothing_below_the_loop_imports_the_trainer():
         if any(n.startswith("poly_epo.trainer") for n in names):
           found.append(path)
   assert not found, found
+
+
+def test_label_needing_algorithms_are_refused_without_labels():
+  import os as _os
+  from poly_epo import tasks
+  sample = _os.path.join(_os.path.dirname(__file__), "data",
+                         "math_sample.jsonl")
+  judged = tasks.get("math", path=sample, workers=1)
+  by_answer = tasks.get("math", path=sample, workers=1, labels="answer")
+  for algorithm in ("polyepo", "grpo_div"):
+    with pytest.raises(ValueError, match=r"config\.task\.options\.labels="
+                       "answer"):
+      config_checks.check_labels(_config(algorithm=algorithm), judged)
+    config_checks.check_labels(_config(algorithm=algorithm), by_answer)
+  config_checks.check_labels(_config(algorithm="grpo"), judged)
+  cfg = _config(algorithm="polyepo")
+  cfg.judge.kind = "http"
+  config_checks.check_labels(cfg, judged)
