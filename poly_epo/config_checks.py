@@ -29,8 +29,8 @@ def check_config(cfg) -> None:
   for field in ("param_dtype", "dtype"):
     need(cfg.model[field] in ("float32", "bfloat16", "float16"),
          f"model.{field}", "'float32', 'bfloat16' or 'float16'")
-  need(cfg.model.remat in ("none", "full", "dots"), "model.remat",
-       "'none', 'full' or 'dots'")
+  need(cfg.model.remat in ("none", "full", "dots", "auto"), "model.remat",
+       "'none', 'full', 'dots' or 'auto'")
   need(cfg.model.attention in ("einsum", "xla", "cudnn", "splash"),
        "model.attention", "'einsum', 'xla', 'cudnn' or 'splash' (TPU)")
   need(cfg.model.logprob_chunk >= 0, "model.logprob_chunk", "must be >= 0")

@@ -31,7 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.param_dtype = "float32"  # Master weights and optimizer state.
   c.model.dtype = "float32"  # Compute dtype: sampler, KV cache, loss forward
   # (bfloat16 on accelerators; float32 is fastest on CPU).
-  c.model.remat = "none"  # Per-layer rematerialisation: none | full | dots.
+  c.model.remat = "auto"  # Per-layer rematerialisation: none | full | dots
+  # | auto (none when the update's activations fit the device memory, else
+  # full; none on CPU: poly_epo/autoscale.py).
   c.model.attention = "einsum"  # Training forward attention: einsum | xla
   # (jax.nn.dot_product_attention) | cudnn (its GPU flash kernel, bf16) |
   # splash (the TPU Pallas flash kernel; interpret mode off TPU).

@@ -54,7 +54,8 @@ def resolve_config(cfg):
   config.json records the fields as given, so one file serves any slice."""
   from poly_epo import autoscale
   memory = autoscale.device_memory(jax.devices())
-  needs = cfg.num_microbatches == 0 or cfg.rollout.chunk_prompts == 0
+  needs = cfg.num_microbatches == 0 or cfg.rollout.chunk_prompts == 0 or \
+      cfg.model.remat == "auto"
   mcfg = autoscale.model_config(cfg) if memory and needs else None
   out = autoscale.resolve(cfg, jax.device_count(), memory, mcfg,
                           jax.process_count())

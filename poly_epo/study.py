@@ -40,13 +40,15 @@ def _done(path: str) -> bool:
 
 def run_seed(cfg, seed: int, algorithms, out: str, samples: int,
              log=print) -> dict:
-  """Pretrain, train each algorithm, evaluate; returns the seed's eval.json."""
+  """Pretrain (embedded tasks; a config with `base_policy`, e.g. a real
+  model, starts every seed from it), train each algorithm, evaluate;
+  returns the seed's eval.json."""
   from poly_epo import evaluation, pretrain, trainer
   d = os.path.join(out, f"seed{seed}")
   base_cfg = cfg.copy_and_resolve_references()
   base_cfg.seed, base_cfg.workdir = seed, d
-  base = os.path.join(d, "base")
-  if not _done(base):
+  base = cfg.base_policy or os.path.join(d, "base")
+  if not cfg.base_policy and not _done(base):
     t0 = time.perf_counter()
     pretrain.pretrain(base_cfg, progress=base_cfg.progress)
     log(f"seed {seed}: pretrained base in {time.perf_counter() - t0:.0f} s")
@@ -279,9 +281,10 @@ def main(argv):
           "error: --seeds must be >= 1", file=sys.stderr)
     return 2
   out = f.out or os.path.join("runs", f"study_{cfg.task.name}")
+  samples = f.samples or (cfg.eval_samples if cfg.base_policy else 256)
   res = run_study(cfg, seeds=f.seeds, algorithms=algorithms, out=out,
-                  samples=f.samples)
-  print(markdown(res["aggregate"], f.samples, cfg.task.name, f.seeds))
+                  samples=samples)
+  print(markdown(res["aggregate"], samples, cfg.task.name, f.seeds))
   print(ambitions_markdown(res["ambitions"]))
   print(f"wrote {out}/study.json, {out}/study.md, {out}/plots/")
   return 0
@@ -296,7 +299,9 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seeds", 3, "seeds 0..seeds-1")
   flags.DEFINE_string("algorithms", "polyepo,drgrpo,grpo,grpo_div,passk",
                       "comma-separated algorithms")
-  flags.DEFINE_integer("samples", 256, "samples per held-out prompt")
+  flags.DEFINE_integer("samples", 0, "samples per held-out prompt (0: 256, "
+                       "or config.eval_samples for a config with "
+                       "base_policy, e.g. a real model)")
   flags.DEFINE_string("out", "", "output folder (default runs/study_<task>)")
   flags.DEFINE_multi_string("compare", [], "finished study folders: print "
                             "their sensitivity table and ambitions instead")

@@ -71,3 +71,24 @@ def test_the_same_recipe_scales_from_8_to_64_chips():
   big = autoscale.resolve(cfg, 8, mem, mcfg)
   assert small.num_microbatches >= big.num_microbatches
   assert small.rollout.chunk_prompts <= big.rollout.chunk_prompts
+
+
+def test_remat_auto_is_off_where_the_activations_fit():
+  cfg = _recipe()
+  cfg.model.remat = "auto"
+  mcfg = autoscale.model_config(cfg)
+  assert mcfg.remat == "full"  # Shapes only; resolve decides.
+  assert autoscale.resolve(cfg, 8, None).model.remat == "none"  # CPU.
+  # Brute force: the activations of one micro-batch (the recipe: one
+  # sequence per device) counted layer by layer from the shapes.
+  t = cfg.max_prompt_tokens + cfg.max_new_tokens
+  layer = t * (2 * (12 * mcfg.hidden_size + 4 * mcfg.intermediate_size)
+               + 4 * mcfg.num_heads * t)
+  acts = mcfg.num_layers * layer
+  parts = autoscale.param_bytes_per_device(mcfg, 8)
+  fixed = sum(parts.values())
+  need = (fixed + acts) / autoscale.HEADROOM
+  roomy = autoscale.resolve(cfg, 8, int(need * 1.01), mcfg)
+  tight = autoscale.resolve(cfg, 8, int(need * 0.99), mcfg)
+  assert roomy.model.remat == "none" and tight.model.remat == "full"
+  assert autoscale.derived_fields(cfg, tight)["model.remat"] == "full"

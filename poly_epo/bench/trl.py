@@ -82,15 +82,24 @@ def main(argv=None) -> int:
                   help="steps per process (the first is not counted)")
   ap.add_argument("--rounds", type=int, default=2,
                   help="TRL then poly_epo, this many times")
+  ap.add_argument("--policy", default="",
+                  help="the model folder (default: the config's base_policy, "
+                  "converted when it is a GGUF file)")
   ap.add_argument("--json", action="store_true")
-  ap.add_argument("override", nargs="*",
-                  help="extra --config.field=value for poly_epo's side")
-  args = ap.parse_args(argv)
+  args, extra = ap.parse_known_args(argv)
+  bad = [e for e in extra if not e.startswith("--config.")]
+  if bad:
+    ap.error(f"unrecognized arguments: {' '.join(bad)} (extra "
+             "--config.field=value flags go to poly_epo's side)")
+  args.override = extra
   if args.steps < 2:
     raise SystemExit("--steps must be >= 2 (the first is not counted)")
   from poly_epo.convert import policy_path
   from poly_epo.study import load_config
   cfg = load_config(args.config)
+  if args.policy:
+    cfg.base_policy = args.policy
+    args.override = [*args.override, f"--config.base_policy={args.policy}"]
   policy = policy_path(cfg.base_policy)
   if not policy:
     raise SystemExit(f"{args.config}: config.base_policy is empty; the TRL "

@@ -48,6 +48,7 @@ def main(argv=None) -> int:
             for t, c in zip(text, completions)]
 
   torch.manual_seed(a.seed)
+  gpu = torch.cuda.is_available()
   model = AutoModelForCausalLM.from_pretrained(a.policy, dtype=torch.float32)
   tok = AutoTokenizer.from_pretrained(a.policy)
   out = tempfile.mkdtemp(prefix="trl_bench_")
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
       num_iterations=1, loss_type="dr_grpo", scale_rewards="none",
       epsilon=a.eps_low, epsilon_high=a.eps_high, max_grad_norm=a.grad_clip,
       weight_decay=a.weight_decay, temperature=a.temperature, top_p=1.0,
-      max_steps=a.steps, logging_steps=1, use_cpu=True, bf16=False,
+      max_steps=a.steps, logging_steps=1, use_cpu=not gpu, bf16=False,
       fp16=False, report_to=[], save_strategy="no", seed=a.seed,
       gradient_checkpointing=False, shuffle_dataset=False,
       disable_tqdm=True, dataloader_num_workers=0)
