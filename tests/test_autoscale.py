@@ -28,11 +28,27 @@ def _mcfg(cfg):
 def test_unknown_memory_keeps_cpu_defaults():
   cfg = _recipe()
   out = autoscale.resolve(cfg, 8, None)
-  assert out.mesh.fsdp == 8 and out.num_microbatches == 1
+  # 512 sequences per minibatch of 5,120 tokens: no micro-batch of whole
+  # sequences per device stays under CPU_MICRO_TOKENS, so one sequence per
+  # device per micro-batch (64 prompts / 64).
+  assert out.mesh.fsdp == 8 and out.num_microbatches == 64
   assert out.rollout.chunk_prompts == 0  # The whole batch, as before.
   assert cfg.mesh.fsdp == 0  # The given config is untouched.
   assert autoscale.derived_fields(cfg, out) == {"mesh.fsdp": 8,
-                                                "num_microbatches": 1}
+                                                "num_microbatches": 64}
+
+
+def test_cpu_micro_batches_are_the_fewest_under_the_token_budget():
+  from poly_epo.config_defaults import smollm2_config
+  cfg = smollm2_config()
+  cfg.num_microbatches = 0
+  for prompts in (1, 2, 4, 8, 16):
+    cfg.prompts_per_step = prompts
+    out = autoscale.resolve(cfg, 1, None)
+    tokens = prompts * 8 * (128 + 64)  # Brute force over every count.
+    want = min(m for m in range(1, prompts + 1) if prompts % m == 0 and
+               tokens / m <= autoscale.CPU_MICRO_TOKENS or m == prompts)
+    assert out.num_microbatches == want, prompts
 
 
 def test_kv_bytes_match_the_cache_the_sampler_allocates():

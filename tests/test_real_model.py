@@ -121,3 +121,22 @@ def test_evaluate_a_hugging_face_folder_with_the_judge_on_a_named_set(
   (report,) = ev["policies"].values()
   # The judge's labels (A, B alternating), not the task's (none for math).
   assert report["distinct_all"] == 2.0
+
+
+def test_smollm2_trains_a_step_on_the_chat_task(smollm2, tmp_path):
+  """The real model end to end: its config as shipped (shrunk to one short
+  step), the chat task, the shared-prefix on-policy update."""
+  work = str(tmp_path / "smol")
+  res = _run([sys.executable, "-m", "poly_epo.train",
+              f"--config={os.path.join(ROOT, 'configs', 'smollm2_polynomial.py')}",
+              f"--config.base_policy={smollm2}", f"--config.workdir={work}",
+              "--config.steps=2", "--config.num_samples=4",
+              "--config.set_size=2", "--config.max_new_tokens=8",
+              "--config.eval_prompts=0", "--config.progress=False"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  rows = [r for r in _rows(work) if "train/loss" in r]
+  assert len(rows) == 2
+  for r in rows:
+    assert r["train/ratio_min"] == 1.0 == r["train/ratio_max"]  # On policy.
+    assert r["train/sampler_logp_abs_diff"] < 1e-3  # f32 sampler agrees.
+    assert r["train/time/step_s"] > 0 and r["train/num_tokens"] > 0

