@@ -144,7 +144,8 @@ def test_export_loads_in_transformers_with_equal_logits(ours, torch_model,
       PROMPTS[0]) == tok.encode(PROMPTS[0])
 
 
-def test_a_gguf_base_policy_is_converted_once(monkeypatch, tmp_path):
+def test_a_gguf_base_policy_is_converted_once(folder, monkeypatch,
+                                              tmp_path):
   monkeypatch.setenv("POLY_EPO_CONVERT_CACHE", str(tmp_path))
   said = []
   first = convert.cached_folder(convert.SMOLLM2, say=said.append)
