@@ -131,6 +131,12 @@ def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
     fixed = parts["params"] + parts["optimizer"]
   if cfg.num_microbatches == 0:
     ok = [m for m in divisors(per_mini) if (per_mini // m) % shards == 0]
+    if cfg.get("shared_prefix", "auto") != "off" and not cfg.packing:
+      # The shared-prefix update splits whole prompts (update.layout).
+      prompts = cfg.prompts_per_step // max(cfg.num_minibatches, 1)
+      whole = [m for m in ok if prompts % m == 0 and
+               (prompts // m) % shards == 0]
+      ok = whole or ok
     # Memory known (an accelerator): one sequence per batch shard per
     # micro-batch, the setting the TPU compiler shows the 4B recipe needs
     # (its update temporaries do not shrink in proportion to the
@@ -141,10 +147,10 @@ def resolve(cfg, n_devices: int, device_bytes: int | None, mcfg=None,
     else:
       prompts = cfg.prompts_per_step // max(cfg.num_minibatches, 1)
       t = cfg.max_prompt_tokens + cfg.max_new_tokens
-      small = [m for m in ok if prompts % m == 0 and
-               per_mini // m * t <= CPU_MICRO_TOKENS * shards]
-      cfg.num_microbatches = min(small) if small else (
-          max([m for m in ok if prompts % m == 0] or [1]))
+      whole = [m for m in ok if prompts % m == 0]
+      small = [m for m in whole
+               if per_mini // m * t <= CPU_MICRO_TOKENS * shards]
+      cfg.num_microbatches = min(small) if small else max(whole or [1])
   if cfg.model.remat == "auto":
     micro_seqs = per_mini // max(cfg.num_microbatches, 1) / shards
     cfg.model.remat = "none" if not known or (

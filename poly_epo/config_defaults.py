@@ -182,8 +182,8 @@ def smollm2_config() -> ml_collections.ConfigDict:
   c.model.preset = "smollm2-135m"  # Shapes for `plan` without the weights.
   c.model.dtype = "float32"  # float32 is fastest on CPU.
   c.rollout.engine = "static"  # 16 rows of short answers: lock-step.
-  c.shared_prefix = "on"  # The update runs each prompt once for its 8
-  # samples (~2.2x fewer tokens here; packing is slower at these lengths).
+  c.shared_prefix = "auto"  # On: the update runs each prompt once for its
+  # 8 samples (~2.2x fewer tokens here; packing is slower at these lengths).
   c.algorithm = "polyepo"
   c.num_samples = 8  # N = 8, n = 4: 70 sets per prompt.
   c.set_size = 4

@@ -196,6 +196,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   given = cfg
   cfg = autoscale.resolve(cfg, len(devices), cap, mcfg,
                           len({d.process_index for d in devices}))
+  mcfg = mcfg.replace(remat=cfg.model.remat)  # "auto" resolved above.
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                             devices=devices)
   b = cfg.prompts_per_step

@@ -71,7 +71,8 @@ def _rows(workdir):
   for line in open(os.path.join(workdir, "metrics.jsonl")):
     rec = json.loads(line)
     key = ("train" if "train/loss" in rec else "eval", rec["step"])
-    out[key] = {k: v for k, v in rec.items() if not k.endswith("_tok_s")}
+    out[key] = {k: v for k, v in rec.items()  # Wall-clock ones differ.
+                if not k.endswith("_tok_s") and "/time/" not in k}
   return out
 
 

@@ -75,7 +75,8 @@ def test_short_run_writes_metrics_tensorboard_checkpoints(base, tmp_path):
               "train/distinct_correct", "train/frac_zero_adv",
               "train/entropy", "train/clip_frac_high", "train/grad_norm",
               "train/response_length", "train/sample_tok_s",
-              "train/judge_failed", "train/task_timeouts", "train/skipped"):
+              "train/judge_failed", "train/task_timeouts", "train/skipped",
+              "train/unparsed", "train/time/step_s", "train/time/update_s"):
     assert key in lines[0], key
   assert any("eval/pass@4" in l for l in lines)
   assert os.listdir(tmp_path / "run" / "tb")
@@ -114,7 +115,7 @@ def _train_metrics(workdir):
     rec = json.loads(line)
     if "train/loss" in rec:
       out[rec["step"]] = {k: v for k, v in rec.items()
-                          if not k.endswith("_tok_s")}
+                          if not k.endswith("_tok_s") and "/time/" not in k}
   return out
 
 
