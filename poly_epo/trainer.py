@@ -328,11 +328,11 @@ def _train(cfg, task, judge, stop) -> dict:
   nan_run = 0
   watch = JudgeWatch(cfg.judge.max_failed_fraction, cfg.judge.failure_window)
   zero_watch = step_watch.ZeroAdvantageWatch(cfg)
-  unparsed_before = 0
   bar = tqdm.trange(start, cfg.steps, desc=f"{cfg.algorithm}", initial=start,
                     total=cfg.steps, disable=not progress)
   for step in bar:
     t0 = time.perf_counter()
+    unparsed_at_start = run.task.errors["unparsed"]
     prompts, tokens, mask = step_prompts(run, step)
     scorer = scoring.StepScorer(run.task, run.tok, run.judge, prompts)
     out = rollout_step(run, params, tokens, mask, step,
@@ -365,8 +365,9 @@ def _train(cfg, task, judge, stop) -> dict:
             f"step: {why}" for kind, why in reasons.items()))
         storage.append_line(storage.join(cfg.workdir, "judge_failures.jsonl"),
                             {"step": step, **reasons})
-    unparsed = int(row["unparsed_total"] - unparsed_before)
-    unparsed_before = row["unparsed_total"]
+    # This step's responses only (evaluations count in unparsed_total).
+    unparsed = int(distributed.allgather(np.array(
+        [[run.task.errors["unparsed"] - unparsed_at_start]])).sum())
     row["unparsed"] = float(unparsed)
     note = zero_watch.step(step, distributed.allgather(adv),
                            distributed.allgather(rewards),
