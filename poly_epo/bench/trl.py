@@ -50,10 +50,10 @@ def _poly_epo(args, cfg_path: str, workdir: str) -> list[dict]:
 
 
 def _trl(args, cfg, policy: str) -> list[dict]:
-  from poly_epo.trainer import loss_options
+  from poly_epo.losses import config_options
   grpo = cfg.copy_and_resolve_references()
   grpo.algorithm = "grpo"
-  loss = loss_options(grpo)
+  loss = config_options(grpo)
   cmd = [sys.executable, "-m", "poly_epo.bench.trl_side",
          f"--policy={policy}", f"--task={cfg.task.name}",
          f"--task-options={json.dumps(cfg.task.options.to_dict())}",
