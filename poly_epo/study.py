@@ -152,12 +152,14 @@ def ambitions(per_seed: list[dict], large_k: int = 16) -> dict:
                             "worst_gap": gaps[worst],
                             "gap_at_m": gaps[m]}
   dp, db = poly["distinct_correct"], base["distinct_correct"]
-  out["distinct_vs_base"] = {"met": dp >= db, "polyepo": dp, "base": db,
-                             "ratio": dp / db if db else float("inf")}
+  # No successful strategy at all is never "met" (0 / 0 is not a ratio).
+  ratio = lambda a, b: a / b if b else (float("inf") if a else float("nan"))
+  out["distinct_vs_base"] = {"met": dp > 0 and dp >= db, "polyepo": dp,
+                             "base": db, "ratio": ratio(dp, db)}
   if "drgrpo" in reps:
     dd = reps["drgrpo"]["distinct_correct"]
-    ratio = dp / dd if dd else float("inf")
-    out["distinct_vs_drgrpo"] = {"met": ratio >= 1.5, "ratio": ratio,
+    r = ratio(dp, dd)
+    out["distinct_vs_drgrpo"] = {"met": dp > 0 and r >= 1.5, "ratio": r,
                                  "drgrpo": dd}
   below = {n: curve(reps[n])[m] for n in ("grpo", "drgrpo") if n in reps}
   if below:

@@ -84,6 +84,18 @@ def test_ambitions_read_the_seed_means():
   assert "coverage_kept: met" in study.ambitions_markdown(amb)
 
 
+def test_no_successful_strategy_is_not_an_ambition_met():
+  """A base and policies that never succeed (the SmolLM2 runs): 0 distinct
+  against 0 is not "met" with an infinite ratio."""
+  from poly_epo import study
+  zero = [0.0] * 16
+  amb = study.ambitions([{"samples": 16, "policies": {
+      "base": _report(zero, 0.0), "polyepo/policy": _report(zero, 0.0),
+      "drgrpo/policy": _report(zero, 0.0)}}])
+  assert not amb["distinct_vs_base"]["met"]
+  assert not amb["distinct_vs_drgrpo"]["met"]
+
+
 def test_compare_prints_each_study_and_its_ambitions(tmp_path):
   from poly_epo import study
   ramp = lambda lo, hi: [lo + (hi - lo) * (k - 1) / 31 for k in range(1, 33)]
