@@ -46,12 +46,13 @@ def test_logprobs_and_gradients_equal_the_plain_forward(remat, qwen):
                                         p)[0]
 
   valid = mask.reshape(-1, length)
+  shared, plain = jax.jit(shared), jax.jit(plain)
   got, want = shared(params), plain(params)
   np.testing.assert_allclose(np.where(valid, got, 0), np.where(valid, want, 0),
                              atol=1e-5)
   weights = jnp.asarray(rs.randn(b * n, length) * valid)
-  g1 = jax.grad(lambda q: jnp.sum(shared(q) * weights))(params)
-  g0 = jax.grad(lambda q: jnp.sum(plain(q) * weights))(params)
+  g1 = jax.jit(jax.grad(lambda q: jnp.sum(shared(q) * weights)))(params)
+  g0 = jax.jit(jax.grad(lambda q: jnp.sum(plain(q) * weights)))(params)
   for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g0)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y),
                                atol=2e-5 * float(np.abs(y).max()) + 1e-7)
