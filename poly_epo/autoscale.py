@@ -31,6 +31,7 @@ compiles the real programs and reports what the compiler needs.
 from __future__ import annotations
 
 import copy
+import os
 
 import numpy as np
 
@@ -46,6 +47,59 @@ def device_memory(devices) -> int | None:
   except Exception:  # noqa: BLE001 - abstract or CPU devices.
     return None
   return stats.get("bytes_limit")
+
+
+def host_memory() -> int | None:
+  """Bytes this host can still allocate (MemAvailable), None if unknown."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def rollout_row_bytes(mcfg, prompt_len: int, new_tokens: int) -> dict:
+  """Bytes one sampled row costs (an upper estimate): "decode" while its
+  rollout runs (KV cache of prompt + response, the step's logits and
+  sampling temporaries, its hidden states) and "kept" afterwards on the
+  host (tokens, mask, log-probs, the decoded text and scoring)."""
+  width = prompt_len + new_tokens
+  kv = width * mcfg.num_layers * 2 * mcfg.num_kv_heads * mcfg.head_dim * \
+      ITEMSIZE[mcfg.dtype]
+  temporaries = mcfg.vocab_size * 4 * 4 + mcfg.hidden_size * 4 * 16
+  kept = new_tokens * (4 + 1 + 4 + 8 + 16) + 512  # Arrays, text, labels.
+  return {"decode": 2 * (kv + temporaries), "kept": kept}
+
+
+def evaluation_rollouts(mcfg, prompts: int, samples: int, prompt_len: int,
+                        new_tokens: int, memory: int | None,
+                        samples_field: str) -> int | None:
+  """Prompts per rollout chunk for an evaluation of `prompts` x `samples`
+  rows within `memory` bytes (devices together, or the host's; half of it
+  is used): every row's kept outputs plus one chunk's decoding must fit.
+  None when the memory is unknown; ValueError naming `samples_field` and
+  the most samples per prompt that fit when even one prompt cannot."""
+  if not memory:
+    return None
+  row = rollout_row_bytes(mcfg, prompt_len, new_tokens)
+  budget = memory * 0.5
+  free = budget - prompts * samples * row["kept"]
+  per_prompt = samples * row["decode"]
+  if free < per_prompt:
+    most = int(budget // (prompts * row["kept"] + row["decode"]))
+    raise ValueError(
+        f"{samples_field}={samples}: {prompts} prompts x {samples} samples "
+        f"need ~{(prompts * samples * row['kept'] + per_prompt) / 2**30:.1f}"
+        f" GiB, more than the {budget / 2**30:.1f} GiB this evaluation may "
+        f"use; at most {max(most, 0)} samples per prompt fit (or evaluate "
+        "fewer prompts)")
+  return max(1, min(prompts, int(free // per_prompt)))
 
 
 def divisors(n: int):
@@ -86,7 +140,8 @@ def model_config(cfg):
   path = policy_path(cfg.base_policy)
   if path and checkpointing.is_policy_dir(path):
     mcfg = checkpointing.config_from_dict(storage.read_json(
-        storage.join(path, "model_config.json")))
+        storage.join(path, "model_config.json"),
+        f"the policy folder {path} is damaged: save or export it again"))
   elif path and storage.isfile(storage.join(path, "config.json")):
     mcfg = ModelConfig.from_hf_json(storage.local_copy(path))
   else:

@@ -18,6 +18,8 @@ is collective and the main process writes the rest.
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -58,7 +60,8 @@ def save_policy(path: str, model: Transformer, tokenizer, meta: dict | None
     with storage.staged(storage.join(path, "tokenizer")) as tok_dir:
       tokenizer.save_pretrained(tok_dir)
     storage.write_json(storage.join(path, "meta.json"), meta or {})
-    storage.finish_folder(path, {"kind": "policy"})
+    storage.finish_folder(path, {"kind": "policy",
+                                 "tokenizer_ids": tokenizer_ids(tokenizer)})
   distributed.barrier("save_policy:done")
   return path
 
@@ -89,7 +92,9 @@ def load_policy(path: str, mesh=None, **config_overrides):
       raise FileNotFoundError(f"policy checkpoint {path!r} has no {name}")
   storage.check_folder(path, "policy checkpoint", require_marker=True)
   cfg = config_from_dict(storage.read_json(
-      storage.join(path, "model_config.json"))).replace(**config_overrides)
+      storage.join(path, "model_config.json"),
+      f"the policy folder {path} is damaged: save or export it again"
+  )).replace(**config_overrides)
   graphdef, abstract_params, rest = abstract_model(cfg)
   if mesh is None:
     shardings = jax.tree.map(
@@ -106,9 +111,39 @@ def load_policy(path: str, mesh=None, **config_overrides):
   model = nnx.merge(graphdef, params, rest)
   tokenizer = load_tokenizer(storage.local_copy(storage.join(path,
                                                              "tokenizer")))
+  marker = storage.read_json(storage.join(path, storage.COMPLETE),
+                             "save the policy again")
+  check_vocab(tokenizer, cfg.vocab_size, path,
+              saved_ids=marker.get("tokenizer_ids"))
   meta_path = storage.join(path, "meta.json")
-  meta = storage.read_json(meta_path) if storage.exists(meta_path) else {}
+  meta = storage.read_json(meta_path, "delete it (it only describes the "
+                           "policy)") if storage.exists(meta_path) else {}
   return model, tokenizer, meta
+
+
+def tokenizer_ids(tok) -> int:
+  """How many ids the tokenizer can produce (its largest id + 1)."""
+  return max(tok.get_vocab().values(), default=-1) + 1
+
+
+def check_vocab(tok, vocab_size: int, path: str,
+                saved_ids: int | None = None) -> None:
+  """The tokenizer's ids must fit the embedding (an embedding may be larger,
+  padded for speed, never smaller: out-of-range ids read garbage), and a
+  policy folder's tokenizer must be the one saved with its weights
+  (`saved_ids`, recorded at save; a swapped tokenizer maps prompts to
+  unknown tokens)."""
+  ids = tokenizer_ids(tok)
+  if ids > vocab_size:
+    raise ValueError(
+        f"{path}: the tokenizer has {ids} ids but the model's embedding has "
+        f"{vocab_size} rows (ids beyond it have no embedding): the "
+        "tokenizer and the weights come from different models")
+  if saved_ids is not None and ids != saved_ids:
+    raise ValueError(
+        f"{path}: the tokenizer has {ids} ids but the one saved with these "
+        f"weights had {saved_ids}: the tokenizer folder was replaced; "
+        "restore it or save the policy again")
 
 
 def load_any(path: str, mesh=None, **config_overrides):
@@ -124,7 +159,9 @@ def load_any(path: str, mesh=None, **config_overrides):
     overrides.setdefault("param_dtype", "float32")
     model = load_hf(path, overrides.pop("dtype", overrides["param_dtype"]),
                     mesh=mesh, **overrides)
-    return model, load_tokenizer(path), {"source": path}
+    tok = load_tokenizer(path)
+    check_vocab(tok, model.cfg.vocab_size, path)
+    return model, tok, {"source": path}
   raise FileNotFoundError(
       f"{path!r} is neither a policy folder (model_config.json + params/) "
       "nor a Hugging Face folder (config.json + *.safetensors)")
@@ -141,12 +178,68 @@ def _first_line(e: Exception, where: str) -> str:
   return f"{type(e).__name__}: {head} [file {path.group(1) if path else where}]"
 
 
+def storage_error(e: BaseException, what: str, log_path: str) -> str:
+  """One line for a failed write: what failed, the root cause (disk full,
+  permission: the innermost exception) and where the whole traceback went
+  (appended to `log_path`)."""
+  import traceback
+  root = e
+  while root.__cause__ is not None or root.__context__ is not None:
+    root = root.__cause__ or root.__context__
+  detail = "".join(traceback.format_exception(e))
+  if storage.is_url(log_path):  # Appends need a local file.
+    log_path = os.path.join(storage.cache_root(), "errors.log")
+  try:
+    with open(log_path, "a") as f:
+      f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{detail}\n")
+    where = f"traceback in {log_path}"
+  except OSError:
+    where = "no room for the traceback either"
+  why = (str(root).splitlines() or [type(root).__name__])[0][:300]
+  return f"{what}: {type(root).__name__}: {why} ({where})"
+
+
+def _finite(params, opt_state) -> bool:
+  from poly_epo.update import all_finite
+  return bool(jax.jit(all_finite)((params, opt_state)))
+
+
+def saved_identity(workdir: str):
+  """(step, run config) from the newest finished checkpoint under
+  `<workdir>/checkpoints` that records one; (step, None) when the newest
+  checkpoints record none (written before identities were kept); None when
+  there are no checkpoints. Plain file reads: no collective."""
+  root = storage.join(storage.absolute(workdir), "checkpoints")
+  if not storage.isdir(root):
+    return None
+  steps = sorted((int(p.name) for p in storage.Path(root).iterdir()
+                  if p.name.isdigit()), reverse=True)
+  newest = None
+  for step in steps:
+    meta = storage.join(root, str(step), "_CHECKPOINT_METADATA")
+    if not storage.exists(meta):
+      continue  # Unfinished or damaged: not a checkpoint that restores.
+    newest = step if newest is None else newest
+    try:
+      saved = (storage.read_json(meta).get("custom_metadata") or {}).get(
+          "run_config")
+    except ValueError:
+      continue
+    if saved:
+      return step, saved
+  return None if newest is None else (newest, None)
+
+
 class TrainCheckpoints:
   """(params, opt_state) every `ckpt_every` steps under `<workdir>/checkpoints`
   (Orbax CheckpointManager: collective across processes, keeps the last
   `keep`)."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int, identity: dict | None = None):
+    """`identity`: the run's config (`run_config.identity`), kept in every
+    checkpoint's metadata so the run's identity survives a lost
+    config.json (`saved_identity`)."""
+    self.identity = identity
     self.dir = storage.join(storage.absolute(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.dir, options=ocp.CheckpointManagerOptions(max_to_keep=keep,
@@ -166,6 +259,8 @@ class TrainCheckpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         params2, opt2 = self.restore(step, params, opt_state)
+        if not _finite(params2, opt2):
+          raise FloatingPointError("it holds non-finite values (inf/nan)")
       except Exception as e:  # noqa: BLE001 - reported, then the next one.
         failed[step] = _first_line(e, storage.join(self.dir, str(step)))
         log(f"checkpoint step {step} in {self.dir} could not be restored "
@@ -203,10 +298,24 @@ class TrainCheckpoints:
     return restored.state["params"], restored.state["opt_state"]
 
   def save(self, step: int, params, opt_state) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params,
-                                     "opt_state": opt_state})))
-    self.manager.wait_until_finished()
+    """A checkpoint with non-finite values is never written
+    (FloatingPointError naming the step)."""
+    if not _finite(params, opt_state):
+      raise FloatingPointError(
+          f"step {step}: the parameters or optimizer state hold non-finite "
+          f"values; not checkpointed ({self.dir} keeps the last finite one)")
+    try:
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave({"params": params,
+                                       "opt_state": opt_state})),
+          custom_metadata={"run_config": self.identity}
+          if self.identity else None)
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - one line; the rest to a log.
+      raise OSError(storage_error(
+          e, f"the checkpoint of step {step} was not written to {self.dir} "
+          "(the earlier ones are kept)",
+          storage.join(os.path.dirname(self.dir), "errors.log"))) from None
 
   def close(self) -> None:
     self.manager.close()

@@ -9,7 +9,10 @@ from poly_epo import engine, losses, set_rl, sharding, storage, tasks
 from poly_epo.models.decode_attention import IMPLEMENTATIONS
 
 
-def check_config(cfg) -> None:
+def check_config(cfg, n_devices: int | None = None) -> None:
+  """Every field checked before anything runs (ValueError naming it);
+  `n_devices`: the devices to check for (default: this process's view,
+  `plan` passes the slice it plans)."""
   def need(cond, field, msg):
     if not cond:
       raise ValueError(f"config.{field}: {msg}")
@@ -61,7 +64,13 @@ def check_config(cfg) -> None:
        "rollout.attention",
        "'tpu_paged' reads a paged cache: set rollout.cache='paged'")
   need(r.refill >= 1, "rollout.refill", "must be >= 1")
-  shards = max(jax.device_count() // max(cfg.mesh.tensor, 1), 1)
+  n_devices = n_devices or jax.device_count()
+  shards = max(n_devices // max(cfg.mesh.tensor, 1), 1)
+  rows = cfg.prompts_per_step * cfg.num_samples
+  need(rows % shards == 0, "mesh",
+       f"a step's {rows} rows (prompts_per_step x num_samples) do not split "
+       f"over {shards} batch shards ({n_devices} devices / mesh.tensor="
+       f"{cfg.mesh.tensor}); use a device count that divides them")
   need(r.slots == 0 or r.slots // shards >= cfg.num_samples * r.refill,
        "rollout.slots", f"{r.slots} slots over {shards} batch shards cannot "
        f"hold one refill of rollout.refill x num_samples = {r.refill} x "

@@ -174,30 +174,77 @@ def any_process(flag: bool) -> bool:
   return bool(allgather(np.array([bool(flag)])).any())
 
 
-class StopRequest:
-  """SIGTERM (pre-emption, SLURM's time limit, `kill`) asks the run to stop
-  at the next step boundary, after checkpointing; a second SIGTERM stops at
-  once. Processes agree on the step through `any_process`."""
+class Stopped(RuntimeError):
+  """The run stopped on a signal (SIGTERM or SIGINT) after saving what it
+  had; the same command resumes it. Exit status 128 + the signal number
+  (143 for SIGTERM, 130 for SIGINT)."""
 
-  def __init__(self):
+  def __init__(self, message: str, signum: int = signal.SIGTERM):
+    super().__init__(message)
+    self.signum = int(signum)
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+def exit_code(e: BaseException) -> int:
+  """A command's exit status for an error it reports in one line."""
+  return e.exit_code if isinstance(e, Stopped) else 1
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+  """SIGTERM (pre-emption, SLURM's time limit, `kill`) or SIGINT (Ctrl-C)
+  asks the run to stop at the next safe point (a step boundary, a
+  pretraining step, an evaluation chunk) after saving what it has; a
+  second signal stops at once (`Stopped` raised where the program is, so
+  the workdir lock is still released and one line is printed). Processes
+  agree on the step through `any_process`."""
+
+  def __init__(self, say=None):
     self.requested = False
-    self._old = None
+    self.signum = signal.SIGTERM
+    self._old = {}
+    self._say = say
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name
 
   def _handle(self, signum, frame):
-    if self.requested:  # Second signal: give up on the clean stop.
-      signal.signal(signal.SIGTERM, self._old or signal.SIG_DFL)
-      os.kill(os.getpid(), signal.SIGTERM)
-      return
-    self.requested = True
+    if self.requested:  # Second signal: stop where we are.
+      self._restore()
+      raise Stopped(f"stopped at once by a second {signal.Signals(signum).name}"
+                    " (the last checkpoint is kept; run the same command to "
+                    "resume from it)", signum)
+    self.requested, self.signum = True, signum
+    say = self._say or (lambda m: os.write(2, (m + "\n").encode()))
+    say(f"{self.name}: stopping at the next safe point with a checkpoint "
+        f"(send it again to stop at once)")
+
+  def check(self, where: str) -> None:
+    """Raise `Stopped` if a stop was asked for (this process only: for
+    work that a single process does, like pretraining)."""
+    if self.requested:
+      raise Stopped(f"stopped by {self.name} {where}; run the same command "
+                    "to resume", self.signum)
+
+  def _restore(self):
+    for sig, old in self._old.items():
+      signal.signal(sig, old if old is not None else signal.SIG_DFL)
+    self._old = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      self._old = {sig: signal.signal(sig, self._handle)
+                   for sig in STOP_SIGNALS}
     return self
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    self._restore()
 
 
 def _nonce_path(workdir: str) -> str:
@@ -290,8 +337,8 @@ class WorkdirLock:
           pass
 
   def _holder(self):
-    try:
-      return json.loads(storage.read_text(self.path))
+    try:  # A damaged lock file names no live holder: it is stale.
+      return storage.read_json(self.path)
     except (OSError, ValueError):
       return None
 

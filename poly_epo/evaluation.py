@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from poly_epo import distributed, metrics, rollout, storage
+from poly_epo import autoscale, distributed, metrics, rollout, storage
 from poly_epo.labels import DEGENERATE
 from poly_epo.tokenizer import decode_completions, encode_prompts
 
@@ -32,13 +32,26 @@ def score(task, prompts, texts):
   return rewards, np.array(labels, np.int32)
 
 
+def _memory() -> int | None:
+  """Bytes an evaluation can see: all devices' memory, else the host's."""
+  per = autoscale.device_memory(jax.devices())
+  return per * jax.device_count() if per else autoscale.host_memory()
+
+
 def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
                      max_new_tokens: int, temperature: float = 1.0,
                      seed: int = 0, batch_prompts: int = 64,
                      progress: bool = False, mesh=None,
-                     compute_dtype: str | None = None, judge=None) -> dict:
+                     compute_dtype: str | None = None, judge=None,
+                     stop_check=None,
+                     samples_field: str = "num_samples") -> dict:
   """Completions, rewards [P, m] and labels [P, m] for `prompts` (labels
-  from `judge` when given, else the task's own).
+  from `judge` when given, else the task's own). `stop_check()` runs before
+  each rollout chunk (it raises to stop: SIGTERM/SIGINT during evaluation).
+  The prompts are sampled in chunks of at most `batch_prompts` that fit the
+  memory in sight (the devices', or the host's on CPU:
+  `autoscale.evaluation_rollouts`); a request that can never fit is a
+  ValueError naming `samples_field` and the most samples that would.
 
   Prompt i's samples are seeded by `fold_in(key(seed), i)`. On several
   processes each samples and scores its own block of prompts (padded to equal
@@ -56,13 +69,18 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
     width = int(distributed.allgather(np.array([tokens.shape[1]])).max())
     tokens, mask = encode_prompts(tokenizer, share, width=width, chat=chat)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  fit = autoscale.evaluation_rollouts(
+      model.cfg, len(prompts), num_samples, tokens.shape[1], max_new_tokens,
+      _memory(), samples_field)
+  if fit is not None and fit < batch_prompts:
+    batch_prompts = max(procs, fit // procs * procs)
   out = rollout.rollout(
       graphdef, params, rest, tokens, mask,
       np.arange(me * block, me * block + block), rng=jax.random.key(seed),
       num_samples=num_samples, max_new_tokens=max_new_tokens,
       eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
       temperature=temperature, chunk_prompts=batch_prompts, mesh=mesh,
-      compute_dtype=compute_dtype, progress=progress)
+      compute_dtype=compute_dtype, progress=progress, stop_check=stop_check)
   texts = decode_completions(tokenizer, out.tokens, out.mask)[:n_mine]
   rewards, labels = score(task, mine, texts)
   if judge is not None:
@@ -98,7 +116,8 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
              max_new_tokens: int, temperature: float = 1.0, seed: int = 0,
              progress: bool = False, mesh=None,
              compute_dtype: str | None = None,
-             batch_prompts: int = 64, judge=None) -> dict:
+             batch_prompts: int = 64, judge=None, stop_check=None,
+             samples_field: str = "num_samples") -> dict:
   """Every evaluation number of DESIGN 3.6 over `prompts`, m samples each.
 
   Returns pass@k for every k = 1..m ("pass@k", and "pass@1", "pass@m"),
@@ -117,7 +136,8 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
                          temperature=temperature, seed=seed,
                          progress=progress, mesh=mesh,
                          compute_dtype=compute_dtype,
-                         batch_prompts=batch_prompts, judge=judge)
+                         batch_prompts=batch_prompts, judge=judge,
+                         stop_check=stop_check, samples_field=samples_field)
   out = summarize(res, num_samples)
   names = getattr(task, "label_names", None)
   if names and judge is None:  # Task labels that mean the same everywhere.
@@ -230,6 +250,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
       if not allow_task_mismatch:
         check_task(meta, cfg, f"--policy {path}")
       ev = evaluate(model, tok, task, heldout, num_samples=samples,
+                    samples_field="--samples",
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, seed=cfg.seed,
                     progress=progress, judge=judge)

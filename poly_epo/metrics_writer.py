@@ -39,6 +39,7 @@ class MetricsWriter:
     self.remote = storage.is_url(workdir)
     self.tb = None
     self.gaps: list[int] = []
+    self.eval_steps: set[int] = set()  # Steps with a kept evaluation row.
     self.active = distributed.is_main()
     if not self.active:
       return
@@ -60,6 +61,8 @@ class MetricsWriter:
           kept.append(line + "\n")
           if is_train:
             train_steps.add(step)
+          else:
+            self.eval_steps.add(step)
     if bad:
       log(f"{self.path}: dropped {bad} line(s) that are not metric rows "
           "(torn or foreign)")

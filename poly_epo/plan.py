@@ -197,6 +197,8 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   cfg = autoscale.resolve(cfg, len(devices), cap, mcfg,
                           len({d.process_index for d in devices}))
   mcfg = mcfg.replace(remat=cfg.model.remat)  # "auto" resolved above.
+  from poly_epo import config_checks
+  config_checks.check_config(cfg, n_devices=len(devices))
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                             devices=devices)
   b = cfg.prompts_per_step
@@ -360,8 +362,13 @@ def main(argv):
   if cfg is None:
     raise app.UsageError("--config=configs/<exp>.py is required")
   chip, f = flags.FLAGS.chip, flags.FLAGS
-  n = f.devices or (tpu_topology.chips(f.topology) if f.topology else 0) or (
-      max(cfg.mesh.data, 1) * max(cfg.mesh.fsdp, 1) * cfg.mesh.tensor)
+  try:
+    n = tpu_topology.validate(chip, f.devices, f.topology,
+                              tuple(tpu_topology.SHAPES)) or (
+        max(cfg.mesh.data, 1) * max(cfg.mesh.fsdp, 1) * cfg.mesh.tensor)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   if "jax" in sys.modules:
     raise RuntimeError("poly_epo.plan must set the device count before "
                        "jax is imported")

@@ -9,7 +9,9 @@ answers, the starting point of RL. Seeded and deterministic on CPU.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 import time
 
@@ -72,8 +74,51 @@ def make_train_step(graphdef, tx):
   return step
 
 
-def pretrain(cfg, progress: bool = True) -> dict:
-  """Train, save and evaluate the base policy; returns a summary dict."""
+def _state_path(cfg) -> str:
+  return storage.join(cfg.workdir, "base_pretrain_state.npz")
+
+
+def _save_state(path: str, step: int, params, opt_state) -> None:
+  """Pretraining's own checkpoint (a stop request mid-way): every leaf of
+  (params, opt_state) and the step, in one atomic .npz."""
+  buf = io.BytesIO()
+  leaves = jax.tree.leaves((params, opt_state))
+  np.savez(buf, step=np.int64(step),
+           **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+  storage.makedirs(os.path.dirname(path))
+  storage.write_bytes(path, buf.getvalue())
+
+
+def _load_state(path: str, params, opt_state):
+  """(step, params, opt_state) from `_save_state`; (0, ...) unchanged when
+  there is none. A file that does not fit this pretraining (another
+  config, damaged) is a ValueError naming it."""
+  if not storage.exists(path):
+    return 0, params, opt_state
+  leaves, treedef = jax.tree.flatten((params, opt_state))
+  try:
+    with np.load(io.BytesIO(storage.read_bytes(path))) as f:
+      step = int(f["step"])
+      new = [f[f"leaf{i}"] for i in range(len(leaves))]
+  except Exception as e:  # noqa: BLE001 - zip, key or format errors.
+    raise ValueError(f"{path}: not this pretraining's saved state ({e}); "
+                     "delete it to pretrain from the start") from None
+  if any(a.shape != np.shape(b) for a, b in zip(new, leaves)):
+    raise ValueError(f"{path}: saved for another model; delete it to "
+                     "pretrain from the start")
+  params, opt_state = jax.tree.unflatten(
+      treedef, [jnp.asarray(a, dtype=jnp.asarray(b).dtype)
+                for a, b in zip(new, leaves)])
+  return step, params, opt_state
+
+
+def pretrain(cfg, progress: bool = True, stop=None) -> dict:
+  """Train, save and evaluate the base policy; returns a summary dict.
+
+  A stop request (`distributed.StopRequest`: SIGTERM, SIGINT) is honoured
+  between steps: the state is saved to `<workdir>/base_pretrain_state.npz`
+  and `distributed.Stopped` raised; the same command resumes from it (the
+  batches are indexed by step, so the result is the same)."""
   pc = cfg.pretrain
   task = tasks.get(cfg.task.name, **dict(cfg.task.options))
   if not task.embedded:
@@ -95,9 +140,18 @@ def pretrain(cfg, progress: bool = True) -> dict:
   graphdef, params = nnx.split(model, nnx.Param)
   opt_state = tx.init(params)
   step = make_train_step(graphdef, tx)
-  bar = tqdm.trange(pc.steps, desc="pretrain", disable=not progress)
+  state_path = _state_path(cfg)
+  first, params, opt_state = _load_state(state_path, params, opt_state)
+  if first:
+    print(f"pretraining resumes at step {first} ({state_path})")
+  bar = tqdm.trange(first, pc.steps, desc="pretrain", disable=not progress,
+                    initial=first, total=pc.steps)
   losses = []
   for i in bar:
+    if stop is not None and stop.requested:
+      _save_state(state_path, i, params, opt_state)
+      stop.check(f"while pretraining the base policy, at step {i} of "
+                 f"{pc.steps} (saved {state_path})")
     sl = slice(i * pc.batch_size, (i + 1) * pc.batch_size)
     params, opt_state, loss = step(params, opt_state, tokens[sl],
                                    loss_mask[sl], attn[sl])
@@ -107,13 +161,21 @@ def pretrain(cfg, progress: bool = True) -> dict:
   model = nnx.merge(graphdef, params)
   train_seconds = time.perf_counter() - t_start
   prompts = task.heldout_prompts(cfg.seed, pc.eval_prompts)
+
+  def stop_check():  # During the evaluation: training is kept.
+    if stop is not None and stop.requested:
+      _save_state(state_path, pc.steps, params, opt_state)
+      stop.check(f"while evaluating the pretrained base policy (its "
+                 f"training is saved in {state_path})")
   ev = evaluation.evaluate(model, tokenizer, task, prompts,
                            num_samples=pc.eval_samples,
                            max_new_tokens=cfg.max_new_tokens,
-                           temperature=1.0, seed=cfg.seed, progress=progress)
+                           temperature=1.0, seed=cfg.seed, progress=progress,
+                           stop_check=stop_check)
   m = pc.eval_samples
   summary = {"task": cfg.task.name, "params": model.cfg.num_params,
-             "steps": pc.steps, "final_loss": losses[-1],
+             "steps": pc.steps,
+             "final_loss": losses[-1] if losses else float("nan"),
              "train_seconds": train_seconds,
              "heldout_pass@1": ev["pass@1"], f"heldout_pass@{m}": ev[f"pass@{m}"],
              "heldout_distinct_correct": ev["distinct_correct"],
@@ -125,6 +187,8 @@ def pretrain(cfg, progress: bool = True) -> dict:
   path = checkpointing.save_policy(storage.join(cfg.workdir, "base"), model,
                                    tokenizer, meta=meta)
   summary["path"] = path
+  if storage.exists(state_path):
+    storage.remove(state_path)
   summary["total_seconds"] = time.perf_counter() - t_start
   return summary
 
@@ -145,7 +209,18 @@ def main(argv):
   cfg = flags.FLAGS.config
   if cfg is None:
     raise app.UsageError("--config=configs/<task>.py is required")
-  s = pretrain(cfg)
+  from poly_epo import distributed
+  lock = distributed.WorkdirLock(cfg.workdir, cfg.lock_timeout_s)
+  try:
+    storage.makedirs(cfg.workdir)
+    lock.acquire()  # A live run's base policy is never replaced under it.
+    with distributed.StopRequest() as stop:
+      s = pretrain(cfg, stop=stop)
+  except (ValueError, OSError, RuntimeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return distributed.exit_code(e)
+  finally:
+    lock.release()
   m = s["eval_samples"]
   print(f"base policy for {s['task']}: {s['params'] / 1e6:.2f}M params, "
         f"{s['steps']} steps, final loss {s['final_loss']:.3f}, "

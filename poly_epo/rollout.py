@@ -81,7 +81,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
             progress: bool = False, engine: str = "static", slots: int = 0,
             refill: int = 1, attention: str = "window", on_done=None,
             stats: dict | None = None, cache: str = "contiguous",
-            page_size: int = 0, pages: int = 0, **engine_args
+            page_size: int = 0, pages: int = 0, stop_check=None,
+            **engine_args
             ) -> sampling.SampleOutput:
   """Sample `num_samples` completions per prompt of this process's share.
 
@@ -111,6 +112,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
+    stop_check: called before each chunk; it raises to stop the rollout
+      (a stop request during an evaluation).
     **engine_args: further `engine.plan_spec` settings (block, narrow:
       "auto" | "on" | "off", the continuous engine's narrowing tail;
       forced_lengths for benchmarks).
@@ -153,6 +156,8 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
   starts = range(0, b, chunk)
   for s in tqdm.tqdm(starts, desc="rollout", disable=not progress or
                      len(starts) < 2, leave=False):
+    if stop_check is not None:
+      stop_check()
     tok, msk, key = (a[s:s + chunk] for a in (prompt_tokens, prompt_mask, keys))
     n = tok.shape[0]
     if n < chunk:  # Same shapes for every chunk: pad with empty rows.

@@ -80,8 +80,37 @@ def read_text(path) -> str:
   return epath.Path(path).read_text()
 
 
-def read_json(path):
-  return json.loads(read_text(path))
+def read_json(path, fix: str = "", kind: type | None = dict):
+  """The JSON file at `path`; a file that is not JSON (truncated, edited)
+  or not of `kind` is a ValueError naming it and what to do (`fix`)."""
+  fix = fix or "delete it or restore it from a backup"
+  try:
+    obj = json.loads(read_text(path))
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON ({e.msg}, line {e.lineno}); "
+                     f"{fix}") from None
+  except UnicodeDecodeError:
+    raise ValueError(f"{path} is not a text file; {fix}") from None
+  if kind is not None and not isinstance(obj, kind):
+    want = {dict: "an object", list: "an array"}.get(kind, kind.__name__)
+    raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not {want};"
+                     f" {fix}")
+  return obj
+
+
+def read_bytes(path) -> bytes:
+  return epath.Path(path).read_bytes()
+
+
+def write_bytes(path, data: bytes) -> None:
+  """Atomic, like `write_text`."""
+  if is_url(path):
+    epath.Path(path).write_bytes(data)
+    return
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
 
 
 def write_text(path, text: str) -> None:

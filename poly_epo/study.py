@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from poly_epo import storage
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLE_KS = (1, 16, 256)
 
@@ -64,8 +66,7 @@ def run_seed(cfg, seed: int, algorithms, out: str, samples: int,
     policies.append(os.path.join(run.workdir, "policy"))
   ev_path = os.path.join(d, "eval", "eval.json")
   if _done(ev_path):
-    with open(ev_path) as f:
-      ev = json.load(f)
+    ev = storage.read_json(ev_path, "delete it: the evaluation is redone")
     if ev.get("samples") == samples and len(ev["policies"]) == len(policies):
       return ev
   t0 = time.perf_counter()
@@ -210,8 +211,7 @@ def compare_markdown(folders) -> str:
     path = os.path.join(folder, "study.json")
     if not os.path.exists(path):
       raise FileNotFoundError(f"--compare {folder}: no {path}")
-    with open(path) as f:
-      res = json.load(f)
+    res = storage.read_json(path, "run the study again to rewrite it")
     name = os.path.basename(os.path.normpath(folder))
     for policy, row in res["aggregate"].items():
       cells = [f"{row[c]['mean']:.3f}" if c in row else "-" for c in cols]

@@ -24,11 +24,40 @@ def libtpu_available() -> bool:
   return importlib.util.find_spec("libtpu") is not None
 
 
+def _dims(topology: str) -> list[int]:
+  parts = topology.split("x")
+  if not all(p.isdigit() and int(p) >= 1 for p in parts) or len(parts) < 2:
+    raise ValueError(f"--topology={topology!r}: give chips per axis like "
+                     "2x2x2 (v5p) or 2x4 (v5e, v6e), each >= 1")
+  return [int(p) for p in parts]
+
+
 def chips(topology: str) -> int:
   n = 1
-  for d in topology.split("x"):
-    n *= int(d)
+  for d in _dims(topology):
+    n *= d
   return n
+
+
+def validate(chip: str, n: int, topology: str, tpu_chips) -> int:
+  """`plan`'s --chip / --devices / --topology checked the same way with or
+  without libtpu (ValueError naming the flag); returns the device count
+  (0: the config's mesh decides)."""
+  if n < 0:
+    raise ValueError(f"--devices={n}: must be >= 1 (or 0: the config's "
+                     "mesh)")
+  if topology:
+    if chip not in tpu_chips:
+      raise ValueError(f"--topology={topology}: only for TPU chips "
+                       f"({', '.join(tpu_chips)}), not --chip={chip}")
+    dims = _dims(topology)
+    want = 3 if chip == "v5p" else 2
+    if len(dims) != want:
+      raise ValueError(f"--topology={topology}: a {chip} slice has {want} "
+                       "axes")
+  if chip in tpu_chips and (n or topology):
+    topology_name(chip, n, topology)  # Standard slice; chips agree.
+  return n or (chips(topology) if topology else 0)
 
 
 def topology_name(chip: str, n: int, topology: str = "") -> str:

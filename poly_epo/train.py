@@ -37,11 +37,16 @@ def main(argv):
     summary = trainer.train(cfg)
   except (ValueError, OSError, RuntimeError, FloatingPointError) as e:
     # Config, data, checkpoint and judge problems: one line naming the
-    # culprit, no traceback (POLY_EPO_TRACEBACK=1 shows it).
+    # culprit, no traceback (POLY_EPO_TRACEBACK=1 shows it). A stop
+    # (SIGTERM, SIGINT) exits 128 + the signal.
     if os.environ.get("POLY_EPO_TRACEBACK"):
       raise
     print(f"error: {e}", file=sys.stderr)
-    return 143 if isinstance(e, trainer.Preempted) else 1
+    return distributed.exit_code(e)
+  except KeyboardInterrupt:  # Ctrl-C before the run could save anything.
+    print("error: interrupted (SIGINT) during start-up; nothing to save: "
+          "run the same command to start again", file=sys.stderr)
+    return 130
   if distributed.is_main():
     print(evaluation.format_summary(summary))
     print(f"wall time {time.perf_counter() - t0:.0f} s; metrics: "

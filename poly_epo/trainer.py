@@ -29,7 +29,7 @@ from poly_epo import (checkpointing, compile_cache, config_checks,
                       step_watch, storage, tasks, update)
 from poly_epo.convert import policy_path
 from poly_epo.judges.factory import JudgeWatch, make_judge
-from poly_epo.run_config import check_workdir, flat_config, resolve_config
+from poly_epo.run_config import check_workdir, identity, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
 from poly_epo.tokenizer import chat_format, encode_prompts
 
@@ -46,7 +46,7 @@ def model_overrides(cfg) -> dict:
               attention=m.attention, attention_chunk=m.attention_chunk)
 
 
-def base_policy(cfg, mesh=None, progress: bool = True):
+def base_policy(cfg, mesh=None, progress: bool = True, stop=None):
   """(model, tokenizer): `config.base_policy` (a policy or Hugging Face
   folder), or <workdir>/base, pretrained there first when missing (embedded
   tasks), loaded straight onto the mesh in the config's dtypes."""
@@ -56,7 +56,7 @@ def base_policy(cfg, mesh=None, progress: bool = True):
       raise FileNotFoundError(f"config.base_policy: no folder {path!r}")
     if distributed.is_main():
       print(f"no base policy at {path}: pretraining one")
-      s = pretrain.pretrain(cfg, progress=progress)
+      s = pretrain.pretrain(cfg, progress=progress, stop=stop)
       print(f"pretrained in {s['total_seconds']:.0f} s: held-out pass@1 "
             f"{s['heldout_pass@1']:.3f}; {pretrain.strategy_line(s)}")
     distributed.barrier("pretrain")
@@ -80,15 +80,16 @@ class Run:
   update_fn: object
   key: jax.Array
   block: tuple  # [start, stop) of this process's prompts in every step.
+  layout: dict  # update.layout: shared_prefix, on_policy, recompute.
 
   def model(self, params):
     return nnx.merge(self.graphdef, params, self.rest)
 
 
-def setup(cfg, progress: bool, task, judge):
+def setup(cfg, progress: bool, task, judge, stop=None):
   """Build the run and its initial (params, opt_state)."""
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
-  model, tok = base_policy(cfg, mesh, progress)
+  model, tok = base_policy(cfg, mesh, progress, stop)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = update.make_optimizer(cfg.lr, weight_decay=cfg.weight_decay,
                              grad_clip=cfg.grad_clip,
@@ -98,23 +99,19 @@ def setup(cfg, progress: bool, task, judge):
   params_sh = sharding.tree_shardings(params, mesh)
   opt_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  layout = update.layout(cfg, sharding.batch_shards(mesh))
   update_fn = update.make_update_fn(
       graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
       num_minibatches=cfg.num_minibatches,
       num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
       logprob_chunk=cfg.model.logprob_chunk, loss_options=loss_options(cfg),
-      **run_layout(cfg, mesh))
+      **layout)
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
   run = Run(cfg, task, judge, mesh, tok, graphdef, rest, update_fn,
-            jax.random.key(cfg.seed), block)
+            jax.random.key(cfg.seed), block, layout)
   return run, params, opt_state
-
-
-def run_layout(cfg, mesh) -> dict:
-  """`update.layout` for this run's mesh."""
-  return update.layout(cfg, sharding.batch_shards(mesh))
 
 
 def drop_long_prompts(task, tok, cfg) -> None:
@@ -178,26 +175,23 @@ def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
   """One rollout batch of PPO minibatch updates; returns host metrics."""
   cfg = run.cfg
   k, length = cfg.num_samples, cfg.max_new_tokens
-  if run_layout(cfg, run.mesh)["shared_prefix"]:
+  if run.layout["shared_prefix"]:
     batch = update.SharedBatch(
         tokens.astype(np.int32), mask.astype(bool),
         out.tokens.astype(np.int32), out.mask.astype(bool),
         out.logprobs.astype(np.float32), adv.astype(np.float32))
-    batch = sharding.host_local_to_global(run.mesh, batch)
-    params, opt_state, upd = run.update_fn(params, opt_state, batch)
-    return params, opt_state, {name: float(distributed.host_value(v))
-                               for name, v in upd.items()}
-  batch = update.RolloutBatch(
-      tokens_ST=np.concatenate([np.repeat(tokens, k, 0),
-                                out.tokens.reshape(-1, length)], 1),
-      attn_ST=np.concatenate([np.repeat(mask, k, 0),
-                              out.mask.reshape(-1, length)], 1),
-      mask_SL=out.mask.reshape(-1, length),
-      old_logp_SL=out.logprobs.reshape(-1, length),
-      adv_S=adv.reshape(-1).astype(np.float32))
-  if cfg.packing:
-    batch = packing.packed_batch(batch, cfg.num_minibatches,
-                                 cfg.num_microbatches, run.mesh)
+  else:
+    batch = update.RolloutBatch(
+        tokens_ST=np.concatenate([np.repeat(tokens, k, 0),
+                                  out.tokens.reshape(-1, length)], 1),
+        attn_ST=np.concatenate([np.repeat(mask, k, 0),
+                                out.mask.reshape(-1, length)], 1),
+        mask_SL=out.mask.reshape(-1, length),
+        old_logp_SL=out.logprobs.reshape(-1, length),
+        adv_S=adv.reshape(-1).astype(np.float32))
+    if cfg.packing:
+      batch = packing.packed_batch(batch, cfg.num_minibatches,
+                                   cfg.num_microbatches, run.mesh)
   batch = sharding.host_local_to_global(run.mesh, batch)
   params, opt_state, upd = run.update_fn(params, opt_state, batch)
   upd = {name: float(distributed.host_value(v)) for name, v in upd.items()}
@@ -205,11 +199,9 @@ def update_step(run: Run, params, opt_state, tokens, mask, out, adv):
 
 
 def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
-  """The step's metrics over the whole batch (gathered from every process)."""
+  """The step's metrics over the whole batch: rewards, labels and adv
+  [B_all, N] already gathered from every process."""
   k = run.cfg.num_samples
-  rewards = distributed.allgather(rewards)
-  labels = distributed.allgather(labels)
-  adv = distributed.allgather(adv)
   lengths = distributed.allgather(out.mask.sum(-1))
   judge = run.judge
   counts = distributed.allgather(np.array([[
@@ -239,8 +231,20 @@ def log_row(run: Run, rewards, labels, adv, out, upd, t_sample, t_update):
   }
 
 
-def run_eval(run: Run, params, sets: dict) -> dict:
-  """{set name: metrics row} over the held-out sets."""
+def stop_check(stop, where: str):
+  """A `rollout` stop_check: every process raises `Preempted` together
+  once any was asked to stop (a collective: call it where all do)."""
+  def check():
+    if stop is not None and distributed.any_process(stop.requested):
+      raise Preempted(f"stopped by {stop.name} {where}; run the same "
+                      "command to resume", stop.signum)
+  return check
+
+
+def run_eval(run: Run, params, sets: dict, stop=None,
+             where: str = "") -> dict:
+  """{set name: metrics row} over the held-out sets (stopped between
+  rollout chunks by a stop request)."""
   cfg = run.cfg
   out = {}
   for name, prompts in sets.items():
@@ -249,7 +253,9 @@ def run_eval(run: Run, params, sets: dict) -> dict:
                              max_new_tokens=cfg.max_new_tokens,
                              temperature=cfg.temperature, seed=cfg.seed,
                              mesh=run.mesh, compute_dtype=cfg.model.dtype,
-                             batch_prompts=cfg.rollout.chunk_prompts or 64)
+                             batch_prompts=cfg.rollout.chunk_prompts or 64,
+                             stop_check=stop_check(stop, where),
+                             samples_field="config.eval_samples")
     out[name] = evaluation.metrics_row(ev, cfg.eval_samples)
   return out
 
@@ -285,22 +291,26 @@ def train(cfg) -> dict:
       task = tasks.get(cfg.task.name, **dict(cfg.task.options))
       config_checks.check_labels(cfg, task)
       judge = make_judge(cfg)
-    _write_json(flat_config(given), storage.join(cfg.workdir, "config.json"))
-    compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir)
+    compile_cache.enable(cfg.compilation_cache_dir, cfg.workdir,
+                         say=print if distributed.is_main() else
+                         (lambda _: None))
     with distributed.StopRequest() as stop:
-      return _train(cfg, task, judge, stop)
+      return _train(cfg, task, judge, stop, identity(given))
   finally:
     lock.release()
 
 
-class Preempted(RuntimeError):
-  """The run stopped on SIGTERM after checkpointing; rerun to resume."""
+Preempted = distributed.Stopped  # (Kept under its old name.)
 
 
-def _train(cfg, task, judge, stop) -> dict:
+def _train(cfg, task, judge, stop, ident: dict) -> dict:
   progress = cfg.get("progress", True) and distributed.is_main()
-  run, params, opt_state = setup(cfg, progress, task, judge)
-  ckpts = checkpointing.TrainCheckpoints(cfg.workdir, cfg.keep_checkpoints)
+  run, params, opt_state = setup(cfg, progress, task, judge, stop)
+  # The run's identity is written once start-up has passed: a start that
+  # fails (a typo in base_policy) leaves nothing that blocks its fix.
+  _write_json(ident, storage.join(cfg.workdir, "config.json"))
+  ckpts = checkpointing.TrainCheckpoints(cfg.workdir, cfg.keep_checkpoints,
+                                         identity=ident)
   say = print if distributed.is_main() else (lambda *_: None)
   start, params, opt_state = ckpts.restore_latest(params, opt_state, say)
   if start:
@@ -313,11 +323,20 @@ def _train(cfg, task, judge, stop) -> dict:
   if heldout:
     # Every process sees the same shared file, so all skip or all evaluate.
     if storage.exists(base_eval_path):
-      base_eval = storage.read_json(base_eval_path)
+      base_eval = storage.read_json(
+          base_eval_path, "delete it to evaluate the base policy again "
+          "(only before the first checkpoint: later, delete the workdir)")
     else:
-      base_eval = run_eval(run, params, heldout)
+      base_eval = run_eval(run, params, heldout, stop,
+                           "during the base policy's evaluation")
       _write_json(base_eval, base_eval_path)
     distributed.barrier("base_eval")
+  if heldout and cfg.eval_every and start % cfg.eval_every == 0 and \
+      0 < start < cfg.steps and distributed.any_process(
+          distributed.is_main() and start not in log.eval_steps):
+    # A stop cut the evaluation at this step short: redo it.
+    log_eval(log, start, run_eval(run, params, heldout, stop,
+                                  f"during the evaluation at step {start}"))
 
   nan_run = 0
   watch = JudgeWatch(cfg.judge.max_failed_fraction, cfg.judge.failure_window)
@@ -343,7 +362,10 @@ def _train(cfg, task, judge, stop) -> dict:
     params, opt_state, upd = update_step(run, params, opt_state, tokens, mask,
                                          out, adv)
     t2 = time.perf_counter()
-    row = log_row(run, rewards, labels, adv, out, upd, t_sample, t2 - t1)
+    all_rewards, all_labels, all_adv = (distributed.allgather(x)
+                                        for x in (rewards, labels, adv))
+    row = log_row(run, all_rewards, all_labels, all_adv, out, upd, t_sample,
+                  t2 - t1)
     row.update({"time/rollout_s": t_sample,
                 "time/score_s": t_score - t0 - t_sample,
                 "time/advantages_s": t1 - t_score, "time/update_s": t2 - t1,
@@ -351,7 +373,6 @@ def _train(cfg, task, judge, stop) -> dict:
     if run.judge is not None:
       row.update(watch.step(distributed.allgather(statuses[None]).sum(0),
                             step))
-    if run.judge is not None:
       reasons = run.judge.take_reasons()
       if reasons and distributed.is_main():
         say(f"step {step}: judge " + "; ".join(
@@ -363,9 +384,7 @@ def _train(cfg, task, judge, stop) -> dict:
     unparsed = int(distributed.allgather(np.array(
         [[run.task.errors["unparsed"] - unparsed_at_start]])).sum())
     row["unparsed"] = float(unparsed)
-    note = zero_watch.step(step, distributed.allgather(adv),
-                           distributed.allgather(rewards),
-                           distributed.allgather(labels), unparsed)
+    note = zero_watch.step(step, all_adv, all_rewards, all_labels, unparsed)
     if note:
       say(note)
     log.write(step, row)
@@ -373,7 +392,8 @@ def _train(cfg, task, judge, stop) -> dict:
     nan_run = nan_run + 1 if upd["skipped"] else 0
     if nan_run >= cfg.max_nan_steps:
       raise FloatingPointError(
-          f"{nan_run} updates in a row had a non-finite loss or gradient "
+          f"{nan_run} updates in a row had a non-finite loss, gradient or "
+          "new weights "
           f"(last at step {step}); stopping (config.max_nan_steps)")
     bar.set_postfix(reward=f"{row['reward_mean']:.2f}",
                     distinct=f"{row['distinct_correct']:.2f}")
@@ -381,15 +401,24 @@ def _train(cfg, task, judge, stop) -> dict:
     stopping = distributed.any_process(stop.requested) and done < cfg.steps
     if cfg.eval_every and heldout and done % cfg.eval_every == 0 and \
         done < cfg.steps:
-      log_eval(log, done, run_eval(run, params, heldout))
+      try:
+        log_eval(log, done, run_eval(run, params, heldout, stop,
+                                     f"during the evaluation at step {done}"))
+      except Preempted as e:  # Keep the step; its evaluation is redone.
+        ckpts.save(done, params, opt_state)
+        ckpts.close()
+        log.close()
+        raise Preempted(f"{e} (checkpoint of step {done} saved in "
+                        f"{ckpts.dir}; its evaluation is redone on resume)",
+                        e.signum) from None
     if done % cfg.ckpt_every == 0 or done == cfg.steps or stopping:
       ckpts.save(done, params, opt_state)
     if stopping:
       ckpts.close()
       log.close()
-      raise Preempted(f"stopped by SIGTERM after step {done} (checkpoint "
-                      f"saved in {ckpts.dir}); run the same command to "
-                      "resume")
+      raise Preempted(f"stopped by {stop.name} after step {done} "
+                      f"(checkpoint saved in {ckpts.dir}); run the same "
+                      "command to resume", stop.signum)
   ckpts.close()
   return finish(run, params, heldout, base_eval, log)
 

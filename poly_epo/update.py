@@ -5,8 +5,8 @@ steps (strided: row s is in minibatch s % mini, so each device's rows feed
 every micro-batch with no resharding), each accumulated
 exactly over `num_microbatches` micro-batches: the loss numerators' gradients
 and the denominators are summed, then divided once (losses.py). A minibatch
-whose loss or gradient is not finite is skipped (params and optimizer state
-kept) and counted. Old log-probs are, in this order: the update's own
+whose loss, gradient or new weights (params, optimizer state) are not
+finite is skipped (params and optimizer state kept) and counted. Old log-probs are, in this order: the update's own
 forward pass, detached, when the rollout batch is one minibatch
 (`on_policy`: ratio exactly 1, no extra pass); else recomputed by the
 training model before the first minibatch (`recompute_old_logprobs`,
@@ -134,11 +134,18 @@ def _reduce_metrics(metrics: dict) -> dict:
       out[k] = jnp.min(v)
     elif k in _MAX_METRICS:
       out[k] = jnp.max(v)
-    elif k in ("skipped", "num_tokens"):
+    elif k in ("skipped", "skipped_nonfinite_weights", "num_tokens"):
       out[k] = jnp.sum(v)
     else:
       out[k] = jnp.mean(v)
   return out
+
+
+def all_finite(tree) -> jax.Array:
+  """True when every floating leaf of `tree` is finite (a scalar)."""
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
@@ -241,11 +248,16 @@ def make_update_fn(graphdef, tx, mesh, params_sharding, opt_sharding, *,
     ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     updates, new_opt = tx.update(g, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    # A finite gradient can still overflow the weights (lr 1e38): such an
+    # update is skipped too, so non-finite weights are never kept.
+    weights_ok = all_finite((new_params, new_opt))
+    ok = ok & weights_ok
     keep = lambda new, old: jax.tree.map(
         lambda a, b: jnp.where(ok, a, b), new, old)
     metrics = _reduce_metrics(mets)
     metrics.update(loss=loss, grad_norm=gnorm,
-                   skipped=(~ok).astype(jnp.int32))
+                   skipped=(~ok).astype(jnp.int32),
+                   skipped_nonfinite_weights=(~weights_ok).astype(jnp.int32))
     return (keep(new_params, params), keep(new_opt, opt_state)), metrics
 
   def update(params, opt_state, batch: RolloutBatch):

@@ -31,3 +31,15 @@ def test_programs_are_written_to_the_cache(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert res.returncode == 0, res.stderr[-2000:]
   assert os.listdir(tmp_path)
+
+
+def test_a_cache_folder_that_cannot_be_made_is_a_warning(tmp_path):
+  """The cache is optional: a folder under a regular file is one warning
+  naming the config field, and no cache (the run goes on)."""
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  said = []
+  got = compile_cache.enable(str(blocker / "cache"), "w", say=said.append)
+  assert got is None
+  assert len(said) == 1 and "config.compilation_cache_dir" in said[0]
+  assert str(blocker / "cache") in said[0]

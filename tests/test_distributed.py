@@ -7,6 +7,7 @@ import signal
 import os
 import socket
 import subprocess
+import time
 import sys
 
 import numpy as np
@@ -98,3 +99,23 @@ def test_single_process_agreement_helpers():
     os.kill(os.getpid(), signal.SIGTERM)
     assert stop.requested
   assert not distributed.any_process(False)
+
+
+def test_sigint_asks_to_stop_like_sigterm_and_a_second_stops_at_once():
+  """Ctrl-C is a stop request (exit 130), not a KeyboardInterrupt; the
+  second signal raises `Stopped` where the program is, so `finally` blocks
+  (the workdir lock) still run."""
+  said = []
+  with distributed.StopRequest(say=said.append) as stop:
+    os.kill(os.getpid(), signal.SIGINT)
+    assert stop.requested and stop.name == "SIGINT"
+    assert len(said) == 1 and "SIGINT" in said[0]
+    with pytest.raises(distributed.Stopped, match="second SIGTERM") as e:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(1)  # The handler raises here.
+  assert e.value.exit_code == 143
+  with pytest.raises(distributed.Stopped) as e:
+    stop.check("while testing")
+  assert e.value.exit_code == 130 and "stopped by SIGINT while testing" \
+      in str(e.value)
+  assert distributed.exit_code(ValueError("x")) == 1

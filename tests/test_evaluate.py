@@ -94,3 +94,39 @@ def test_plot_overlays_runs(tmp_path):
                     str(out)]) == 0
   assert os.path.getsize(out) > 1000
   assert plot.main([str(tmp_path / "missing")]) == 2
+
+
+def test_evaluations_split_into_rollouts_that_fit_and_refuse_what_cannot(
+    two_policies, tmp_path, monkeypatch):
+  """With room for few rows, evaluate samples the prompts in several
+  rollouts with the same results (prompt i's samples are seeded by i); a
+  request that can never fit is one line naming --samples and the most
+  that fit, before any sampling."""
+  from poly_epo import autoscale, checkpointing, rollout
+  model, tok, _ = checkpointing.load_policy(two_policies[0])
+  from poly_epo import tasks
+  task = _config().task
+  task = tasks.get(task.name, **dict(task.options))
+  prompts = task.heldout_prompts(0, 6)
+  kw = dict(num_samples=4, max_new_tokens=16, seed=3, batch_prompts=64)
+  whole = evaluation.sample_and_score(model, tok, task, prompts, **kw)
+  from poly_epo.tokenizer import encode_prompts
+  width = encode_prompts(tok, prompts, pad_to_multiple=8)[0].shape[1]
+  row = autoscale.rollout_row_bytes(model.cfg, width, 16)
+  room = 2 * (6 * 4 * row["kept"] + 2 * 4 * row["decode"]) + 1
+  monkeypatch.setattr(evaluation, "_memory", lambda: room)
+  chunks = []
+  real = rollout.rollout
+  monkeypatch.setattr(rollout, "rollout", lambda *a, **k: (
+      chunks.append(k["chunk_prompts"]), real(*a, **k))[1])
+  split = evaluation.sample_and_score(model, tok, task, prompts, **kw)
+  assert chunks == [2]
+  for k in ("rewards", "labels"):
+    assert (split[k] == whole[k]).all()
+  assert split["texts"] == whole["texts"]
+  monkeypatch.setattr(evaluation, "_memory", lambda: 2 * 6 * row["kept"])
+  with pytest.raises(ValueError, match=r"--samples=100000: 6 prompts x "
+                     r"100000 samples need .* at most 0 samples per prompt"):
+    evaluation.sample_and_score(model, tok, task, prompts,
+                                **dict(kw, num_samples=100000),
+                                samples_field="--samples")

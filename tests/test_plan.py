@@ -93,6 +93,22 @@ def test_without_libtpu_tpu_chips_fall_back_to_xla_cpu_and_say_so():
   assert p["compiler"] == "xla-cpu" and "tpu extra" in p["compiler_note"]
 
 
+def test_a_device_count_the_batch_cannot_use_is_one_line():
+  """--devices 3: the step's 256 rows do not split 3 ways; the config check
+  says so (exit 2), not JAX's sharding error."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  res = subprocess.run(
+      [sys.executable, "-m", "poly_epo.plan",
+       f"--config={os.path.join(ROOT, 'configs', 'polynomial.py')}",
+       "--devices=3"], env=env, cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert res.returncode == 2
+  assert res.stderr.strip().splitlines() == [
+      "error: config.mesh: a step's 256 rows (prompts_per_step x "
+      "num_samples) do not split over 3 batch shards (3 devices / "
+      "mesh.tensor=1); use a device count that divides them"]
+
+
 def test_an_in_process_judge_is_counted_per_host_device(tmp_path):
   import importlib.util
   from hf_fixtures import tiny_hf_config

@@ -1,6 +1,7 @@
 """poly_epo.pretrain + checkpointing + evaluate on a tiny budget."""
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -66,3 +67,62 @@ def test_encode_corpus_masks_only_the_response():
 def test_missing_checkpoint_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="params"):
     checkpointing.load_policy(str(tmp_path))
+
+
+class _StopAfter:
+  """A stop request that arrives once `n` steps have been asked about."""
+
+  def __init__(self, n):
+    from poly_epo import distributed
+    self._real = distributed.StopRequest()
+    self.n, self.signum, self.name = n, 2, "SIGINT"
+
+  @property
+  def requested(self):
+    self.n -= 1
+    return self.n < 0
+
+  def check(self, where):
+    self._real.requested, self._real.signum = True, self.signum
+    self._real.check(where)
+
+
+def test_a_stop_while_pretraining_saves_and_the_rerun_resumes_exactly(
+    tmp_path):
+  from poly_epo import distributed
+  cfg = _config(tmp_path)
+  with pytest.raises(distributed.Stopped, match=r"stopped by SIGINT while "
+                     r"pretraining the base policy, at step 12 of 30") as e:
+    pretrain.pretrain(cfg, progress=False, stop=_StopAfter(12))
+  assert e.value.exit_code == 130
+  state = tmp_path / "polynomial" / "base_pretrain_state.npz"
+  assert state.exists()
+  resumed = pretrain.pretrain(cfg, progress=False)
+  assert not state.exists()
+  cfg.workdir = str(tmp_path / "straight")
+  straight = pretrain.pretrain(cfg, progress=False)
+  a, _, _ = checkpointing.load_policy(resumed["path"])
+  b, _, _ = checkpointing.load_policy(straight["path"])
+  tokens = jnp.asarray([[1, 5, 6, 7, 8]])
+  np.testing.assert_array_equal(np.asarray(a(tokens)), np.asarray(b(tokens)))
+
+
+def test_pretrain_command_takes_the_workdir_lock(tmp_path):
+  """`python -m poly_epo.pretrain` into a live run's workdir is refused in
+  one line: it would replace that run's base policy under it."""
+  import subprocess
+  import sys
+  from poly_epo import distributed
+  cfg = _config(tmp_path)
+  os.makedirs(cfg.workdir)
+  lock = distributed.WorkdirLock(cfg.workdir).acquire()
+  try:
+    res = subprocess.run(
+        [sys.executable, "-m", "poly_epo.pretrain",
+         "--config=configs/polynomial.py", f"--config.workdir={cfg.workdir}"],
+        capture_output=True, text=True, timeout=300)
+  finally:
+    lock.release()
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert res.stderr.strip().splitlines()[-1].startswith(
+      f"error: workdir {cfg.workdir!r} is in use by another run")

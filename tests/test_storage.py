@@ -89,7 +89,7 @@ def test_hf_export_to_an_object_store_and_back(gcs):
   from poly_epo import checkpointing, export
   from poly_epo.models import init_model, preset
   from poly_epo.tokenizer import char_tokenizer
-  model = init_model(preset("tiny", vocab_size=40), seed=1)
+  model = init_model(preset("tiny", vocab_size=len(char_tokenizer())), seed=1)
   out = export.export_hf(model, char_tokenizer(), storage.join(gcs, "hf"))
   assert out == gcs + "/hf"
   assert storage.exists(storage.join(out, storage.COMPLETE))
@@ -107,7 +107,7 @@ def test_policy_folders_through_epath_objects(tmp_path):
   from poly_epo import checkpointing
   from poly_epo.models import init_model, preset
   from poly_epo.tokenizer import char_tokenizer
-  model = init_model(preset("tiny", vocab_size=40), seed=2)
+  model = init_model(preset("tiny", vocab_size=len(char_tokenizer())), seed=2)
   path = storage.Path(tmp_path) / "policy"
   saved = checkpointing.save_policy(path, model, char_tokenizer(), {"a": 1})
   back, _, meta = checkpointing.load_policy(storage.Path(saved))

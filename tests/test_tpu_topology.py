@@ -29,3 +29,20 @@ def test_devices_of_a_slice(chip, n, hosts):
   assert len(devices) == n
   assert len({d.process_index for d in devices}) == hosts
   assert devices[0].platform == "tpu"
+
+
+def test_plan_flags_are_checked_with_or_without_libtpu():
+  """`validate` needs no libtpu: the same one-line errors everywhere."""
+  shapes = tuple(tpu_topology.SHAPES)
+  assert tpu_topology.validate("v5p", 0, "2x2x2", shapes) == 8
+  assert tpu_topology.validate("h100", 3, "", shapes) == 3
+  assert tpu_topology.validate("h100", 0, "", shapes) == 0
+  for chip, n, topo, msg in [
+      ("h100", -4, "", "--devices=-4: must be >= 1"),
+      ("v5p", 0, "2xZ", "--topology='2xZ': give chips per axis"),
+      ("v5p", 8, "2x2x1", "--topology=2x2x1 has 4 chips, not --devices=8"),
+      ("v5p", 0, "2x4", "a v5p slice has 3 axes"),
+      ("h100", 0, "2x2", "only for TPU chips"),
+      ("v5p", 12, "", "--devices=12: no standard v5p slice")]:
+    with pytest.raises(ValueError, match=msg):
+      tpu_topology.validate(chip, n, topo, shapes)

@@ -325,3 +325,63 @@ def test_label_needing_algorithms_are_refused_without_labels():
   cfg = _config(algorithm="polyepo")
   cfg.judge.kind = "http"
   config_checks.check_labels(cfg, judged)
+
+
+def _interrupt_at_call(monkeypatch, module, name, at):
+  """Send this process SIGINT on call number `at` of `module.name`."""
+  real, calls = getattr(module, name), []
+
+  def wrapped(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == at:
+      os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(module, name, wrapped)
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint(base, tmp_path,
+                                                       monkeypatch):
+  """SIGINT is a stop request: the step finishes, is checkpointed, the lock
+  goes, and the error says so (exit status 130)."""
+  _interrupt_at_call(monkeypatch, trainer, "advantages_step", 1)
+  work = tmp_path / "run"
+  cfg = _config(workdir=str(work), base_policy=base,
+                **dict(SHORT, eval_prompts=0))
+  with pytest.raises(trainer.Preempted, match=r"stopped by SIGINT after "
+                     r"step 1 \(checkpoint saved in") as e:
+    trainer.train(cfg)
+  assert e.value.exit_code == 130
+  assert (work / "checkpoints" / "1").is_dir()
+  assert not (work / ".lock").exists()
+
+
+def test_stops_during_evaluations_are_honoured_and_resumed(base, tmp_path,
+                                                           monkeypatch):
+  """A stop during the base evaluation stops before any step (nothing to
+  save); one during the evaluation at step 2 checkpoints step 2, and the
+  rerun redoes that evaluation."""
+  from poly_epo import rollout
+  work = tmp_path / "run"
+  cfg = _config(workdir=str(work), base_policy=base, steps=2,
+                prompts_per_step=8, ckpt_every=4, eval_every=2,
+                eval_prompts=4, eval_samples=4)
+  _interrupt_at_call(monkeypatch, rollout, "rollout", 1)
+  with pytest.raises(trainer.Preempted, match="during the base policy's "
+                     "evaluation"):
+    trainer.train(cfg)
+  assert not (work / "base_eval.json").exists()
+  assert not (work / "checkpoints").exists() or \
+      not os.listdir(work / "checkpoints")
+  cfg.steps = 4
+  # Calls: base evaluation, steps 0 and 1, then the evaluation at step 2.
+  _interrupt_at_call(monkeypatch, rollout, "rollout", 4)
+  with pytest.raises(trainer.Preempted, match=r"during the evaluation at "
+                     r"step 2.*checkpoint of step 2 saved.*redone on "
+                     r"resume"):
+    trainer.train(cfg)
+  assert (work / "checkpoints" / "2").is_dir()
+  monkeypatch.undo()
+  trainer.train(cfg)
+  rows = [json.loads(l) for l in open(work / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "eval/pass@1" in r] == [2, 4]
+  assert sorted(r["step"] for r in rows if "train/loss" in r) == [0, 1, 2, 3]

@@ -89,6 +89,17 @@ def test_nan_minibatch_is_skipped_and_counted():
   assert not np.allclose(_flat(p_nan), _flat(p_ok))
 
 
+def test_an_update_that_overflows_the_weights_is_skipped():
+  """lr 1e39 (past float32's range): the loss and gradient are finite, the
+  new weights are not. The update is skipped (and counted) like a
+  non-finite loss, so such weights are never kept or checkpointed."""
+  p, m, before = _run((1, 1, 1), mini=1, tx=update.make_optimizer(
+      1e39, weight_decay=0.01, grad_clip=1.0))
+  assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+  assert int(m["skipped"]) == 1 and int(m["skipped_nonfinite_weights"]) == 1
+  np.testing.assert_array_equal(_flat(p), _flat(before))
+
+
 def _update_once(cfg, batch, *, lr=1e-6, recompute=False, mini=1, tx=None):
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   graphdef, params = nnx.split(init_model(cfg, seed=0), nnx.Param)

@@ -29,8 +29,6 @@ trace of one update (TensorBoard / Perfetto).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import numpy as np
@@ -38,7 +36,8 @@ from flax import nnx
 
 from poly_epo import checkpointing, packing, sharding, update
 from poly_epo.convert import policy_path
-from poly_epo.bench.device import card, card_figures, peak_memory_bytes
+from poly_epo.bench.device import (card, card_figures, peak_memory_bytes,
+                                   timed)
 from poly_epo.models import init_model, preset
 
 
@@ -116,13 +115,7 @@ def _shared(batch: update.RolloutBatch, p: int, n: int) -> update.SharedBatch:
 
 def _timed(fn, *args, repeats: int) -> float:
   """Median seconds of `fn(*args)` after one warm-up call."""
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return timed(lambda: jax.block_until_ready(fn(*args)), repeats)[1]
 
 
 def _rollout_split(args, model, cfg) -> None:
@@ -179,34 +172,26 @@ def main(argv=None):
       shared_prefix=args.shared_prefix, on_policy=args.minibatches == 1,
       loss_options=dict(max_len=length), with_parts=True)
   batch = _batch(args, cfg.vocab_size)
-  real = int(batch.attn_ST.sum())
+  tokens = int(batch.attn_ST.sum())  # Real tokens of the S sequences.
   if args.shared_prefix:
     if s % args.samples:
       raise SystemExit(f"--seqs {s} is not a multiple of --samples")
     batch = _shared(batch, p, args.samples)
-    real = int(batch.pmask_BP.sum() + batch.mask_BNL.sum())
   elif args.packing:
     batch = packing.packed_batch(batch, args.minibatches, args.micro, mesh)
   batch = sharding.host_local_to_global(mesh, batch)
-  t0 = time.perf_counter()
-  params, opt_state, m = fn(params, opt_state, batch)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  times = []
-  for _ in range(args.repeats):
-    t0 = time.perf_counter()
-    params, opt_state, m = fn(params, opt_state, batch)
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  t = statistics.median(times)
+  state = [params, opt_state]
+
+  def step():
+    state[0], state[1], m = fn(state[0], state[1], batch)
+    return jax.block_until_ready(m)
+  compile_s, t, _ = timed(step, args.repeats)
+  params, opt_state = state
   if args.profile:
     jax.profiler.start_trace(args.profile)
     params, opt_state, m = fn(params, opt_state, batch)
     jax.block_until_ready(m)
     jax.profiler.stop_trace()
-  tokens = int(np.asarray(batch.attn_ST).sum()) if not (
-      args.shared_prefix or args.packing) else _batch(
-          args, cfg.vocab_size).attn_ST.sum()  # Real tokens of S sequences.
   flops = model_flops_per_token(cfg, p + length) * tokens
   peak = (args.peak_tflops * 1e12) or card_figures().get("bf16_flops")
   n_dev = jax.device_count()

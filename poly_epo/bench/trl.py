@@ -13,9 +13,11 @@ clip range, GRPO advantages (group std) and the Dr.GRPO token-sum loss
 one optimizer step per RL step. Each round runs TRL, then poly_epo, each
 in its own process for `--steps` steps; the first step of each process
 (compiles, warm-up) is not counted. TRL accumulates its one optimizer step
-over micro-batches of 16 sequences (one generation of the whole batch;
-its float32 CPU step needs ~7 GB per 16 sequences, so 64 at once do not
-fit 24 GB); poly_epo's update takes the whole batch at once. Prints per-library medians of the
+over micro-batches of 16 sequences (`--trl-micro-seqs`; one generation of
+the whole batch; its float32 CPU step needs ~7 GB per 16 sequences, so 64
+at once do not fit 24 GB; on a GPU pass 0: all at once); poly_epo's update
+takes its own micro-batches (`config.num_microbatches`). `--tf32` puts
+both sides' float32 matmuls in TensorFloat-32 (GPU). Prints per-library medians of the
 step, its rollout and its update, and the ratio poly_epo / TRL.
 """
 
@@ -38,7 +40,10 @@ def _poly_epo(args, cfg_path: str, workdir: str) -> list[dict]:
          "--config.eval_prompts=0", "--config.progress=False",
          "--config.export_hf=False", f"--config.ckpt_every={args.steps}",
          f"--config.max_new_tokens={args.new_tokens}", *args.override]
-  res = subprocess.run(cmd, capture_output=True, text=True)
+  env = dict(os.environ)
+  if args.tf32:
+    env["JAX_DEFAULT_MATMUL_PRECISION"] = "tensorfloat32"
+  res = subprocess.run(cmd, capture_output=True, text=True, env=env)
   if res.returncode:
     raise SystemExit(f"poly_epo run failed:\n{res.stderr[-3000:]}")
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -54,6 +59,8 @@ def _trl(args, cfg, policy: str) -> list[dict]:
   grpo = cfg.copy_and_resolve_references()
   grpo.algorithm = "grpo"
   loss = config_options(grpo)
+  seqs = args.prompts * cfg.num_samples
+  micro = max(seqs // args.trl_micro_seqs, 1) if args.trl_micro_seqs else 1
   cmd = [sys.executable, "-m", "poly_epo.bench.trl_side",
          f"--policy={policy}", f"--task={cfg.task.name}",
          f"--task-options={json.dumps(cfg.task.options.to_dict())}",
@@ -63,7 +70,7 @@ def _trl(args, cfg, policy: str) -> list[dict]:
          f"--eps-high={loss['eps_high']}", f"--grad-clip={cfg.grad_clip}",
          f"--weight-decay={cfg.weight_decay}",
          f"--temperature={cfg.temperature}", f"--seed={cfg.seed}",
-         f"--micro={max(args.prompts * cfg.num_samples // 16, 1)}"]
+         f"--micro={micro}"] + (["--tf32"] if args.tf32 else [])
   res = subprocess.run(cmd, capture_output=True, text=True)
   if res.returncode:
     why = " (killed: out of memory?)" if res.returncode < 0 else ""
@@ -91,6 +98,14 @@ def main(argv=None) -> int:
   ap.add_argument("--policy", default="",
                   help="the model folder (default: the config's base_policy, "
                   "converted when it is a GGUF file)")
+  ap.add_argument("--trl-micro-seqs", type=int, default=16,
+                  help="sequences per TRL gradient-accumulation micro-batch "
+                  "(16 fits 24 GB of CPU memory; 0: the whole batch at once, "
+                  "as on a GPU)")
+  ap.add_argument("--tf32", action="store_true",
+                  help="float32 matmuls in TensorFloat-32 on both sides (a "
+                  "GPU's usual setting; torch's 'high' precision, JAX's "
+                  "'tensorfloat32')")
   ap.add_argument("--json", action="store_true")
   args, extra = ap.parse_known_args(argv)
   bad = [e for e in extra if not e.startswith("--config.")]
@@ -124,7 +139,9 @@ def main(argv=None) -> int:
   summary["ratio_step"] = ratio
   summary["setting"] = {"config": args.config, "prompts": args.prompts,
                         "samples": cfg.num_samples,
-                        "new_tokens": args.new_tokens, "policy": policy}
+                        "new_tokens": args.new_tokens, "policy": policy,
+                        "tf32": args.tf32,
+                        "trl_micro_seqs": args.trl_micro_seqs}
   if args.json:
     print(json.dumps(summary))
   print(f"{args.prompts} prompts x {cfg.num_samples} samples x "

@@ -29,6 +29,8 @@ def main(argv=None) -> int:
   ap.add_argument("--weight-decay", type=float, required=True)
   ap.add_argument("--temperature", type=float, required=True)
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--tf32", action="store_true",
+                  help="float32 matmuls in TensorFloat-32 on a GPU")
   ap.add_argument("--micro", type=int, default=1,
                   help="gradient-accumulation micro-batches of the one "
                   "optimizer step (TRL's memory: ~7 GB per 16 sequences)")
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
 
   torch.manual_seed(a.seed)
   gpu = torch.cuda.is_available()
+  if a.tf32:
+    torch.set_float32_matmul_precision("high")
   model = AutoModelForCausalLM.from_pretrained(a.policy, dtype=torch.float32)
   tok = AutoTokenizer.from_pretrained(a.policy)
   out = tempfile.mkdtemp(prefix="trl_bench_")

@@ -175,11 +175,9 @@ class ModelConfig:
       path = os.path.join(path, "config.json")
     if not os.path.exists(path):
       raise FileNotFoundError(f"no Hugging Face config.json at {path}")
-    with open(path) as f:
-      try:
-        cfg = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    from poly_epo import storage
+    cfg = storage.read_json(path, "restore the model folder's config.json "
+                            "(e.g. download or convert it again)")
     return cls.from_hf_dict(cfg, source=path, **overrides)
 
   def to_hf_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ vLLM, SGLang, ...) load. Every problem names the tensor or file at fault.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Callable, Iterator
@@ -143,10 +144,26 @@ def _safetensors_files(path: str) -> dict[str, str]:
     raise FileNotFoundError(f"no *.safetensors files in {path}")
   names = {}
   for fname in files:
-    with safe_open(os.path.join(path, fname), framework="numpy") as f:
+    with _open(os.path.join(path, fname)) as f:
       for k in f.keys():
         names[k] = os.path.join(path, fname)
   return names
+
+
+@contextlib.contextmanager
+def _open(fname: str):
+  """`safe_open`, a damaged file (truncated, not safetensors) being one
+  ValueError naming it."""
+  try:
+    with safe_open(fname, framework="numpy") as f:
+      yield f
+  except Exception as e:  # noqa: BLE001 - filtered just below.
+    if not isinstance(e, (OSError, ValueError, RuntimeError)) and \
+        type(e).__name__ != "SafetensorError":
+      raise
+    why = (str(e).splitlines() or [type(e).__name__])[0]
+    raise ValueError(f"{fname}: damaged safetensors file ({why}); download, "
+                     "convert or export the model again") from None
 
 
 def _read(files: dict[str, str], names) -> Iterator[tuple[str, np.ndarray]]:
@@ -154,7 +171,7 @@ def _read(files: dict[str, str], names) -> Iterator[tuple[str, np.ndarray]]:
   for n in names:
     by_file.setdefault(files[n], []).append(n)
   for fname, ns in by_file.items():
-    with safe_open(fname, framework="numpy") as f:
+    with _open(fname) as f:
       for n in ns:
         yield n, f.get_tensor(n)
 
