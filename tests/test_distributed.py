@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from poly_epo import distributed, sharding
-from test_multihost import _cmd, _env, base  # noqa: F401  (fixture)
+from test_multihost import _cmd, _env
 from test_trainer import ROOT
 
 
@@ -49,7 +49,7 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
   assert not (tmp_path / ".lock").exists()
 
 
-def test_train_refuses_a_locked_workdir(base, tmp_path):  # noqa: F811
+def test_train_refuses_a_locked_workdir(base, tmp_path):
   work = tmp_path / "locked"
   work.mkdir()
   holder = subprocess.Popen([sys.executable, "-c",

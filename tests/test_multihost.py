@@ -13,14 +13,9 @@ import sys
 
 import pytest
 
-from test_trainer import ROOT, tiny_base
+from test_trainer import ROOT
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-  return tiny_base(tmp_path_factory.mktemp("mh_base"), steps=30)
 
 
 @pytest.fixture(scope="module")

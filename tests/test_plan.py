@@ -23,8 +23,16 @@ def _plan(*args):
   return json.loads(res.stdout)
 
 
-def test_tiny_plan_counts_bytes_exactly():
-  p = _plan("--config.model.dtype=bfloat16", "--config.max_new_tokens=16")
+TINY = ("--config.model.dtype=bfloat16", "--config.max_new_tokens=16")
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+  return _plan(*TINY)
+
+
+def test_tiny_plan_counts_bytes_exactly(tiny_plan):
+  p = tiny_plan
   n = preset("tiny").num_params
   per = p["per_device_bytes"]
   assert p["num_params"] == n
@@ -42,9 +50,9 @@ def test_tiny_plan_counts_bytes_exactly():
   assert p["max_chunk_prompts"] == 32 and p["min_num_microbatches"] == 1
 
 
-def test_sharded_plan_divides_the_bytes():
-  one = _plan("--config.mesh.data=1")
-  four = _plan("--devices=4", "--config.mesh.data=1",
+def test_sharded_plan_divides_the_bytes(tiny_plan):
+  one = tiny_plan  # One device.
+  four = _plan(*TINY, "--devices=4", "--config.mesh.data=1",
                "--config.mesh.fsdp=4")
   assert four["devices"] == 4 and four["mesh"]["fsdp"] == 4
   # The tiny model's matrices all divide by 4: a quarter per device, bar the

@@ -55,12 +55,6 @@ def kill_when_exists(cmd, env, path: str, what: str):
   proc.wait()
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory):
-  """A tiny base policy shared by the tests."""
-  return tiny_base(tmp_path_factory.mktemp("base"), steps=40, eval_prompts=4)
-
-
 SHORT = dict(steps=4, prompts_per_step=8, ckpt_every=2, eval_every=2,
              eval_prompts=4, eval_samples=4)
 

@@ -8,7 +8,6 @@ arguments. `ModelConfig.from_hf_dict` reads a Hugging Face `config.json`;
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
