@@ -214,11 +214,11 @@ def test_in_process_judge_plumbing(tmp_path):
   assert sum(j.counts.values()) == 1
 
 
-def test_training_stops_loudly_when_the_judge_goes_down(server, tmp_path):
+def test_training_stops_loudly_when_the_judge_goes_down(server, base,
+                                                       tmp_path):
   import json as json_
   from poly_epo import trainer
-  from test_trainer import _config, tiny_base
-  base = tiny_base(tmp_path / "b", steps=20, batch_size=32)
+  from test_trainer import _config
   cfg = _config(workdir=str(tmp_path / "run"), base_policy=base, steps=6,
                 prompts_per_step=4, eval_prompts=0, ckpt_every=1,
                 **{"judge.kind": "http", "judge.url": server,

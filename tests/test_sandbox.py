@@ -43,7 +43,7 @@ def test_hostile_answers_in_a_large_batch_finish_in_bounded_time():
     row, row_want = [], []
     for j in range(16):  # 64 x 16 = 1,024 responses.
       k = i * 16 + j
-      if k % 10 == 3 and k < 1000:  # 100 hostile answers.
+      if k % 25 == 3:  # 41 hostile answers.
         row.append("work... " + hostile[k % len(hostile)])
         row_want.append(0.0)
       elif k % 2:
@@ -57,10 +57,10 @@ def test_hostile_answers_in_a_large_batch_finish_in_bounded_time():
   t0 = time.perf_counter()
   got = task.rewards(prompts, rows)
   seconds = time.perf_counter() - t0
-  print(f"\n1,024 responses, 100 hostile, 2 workers, 0.5 s deadline: "
+  print(f"\n1,024 responses, 41 hostile, 2 workers, 0.5 s deadline: "
         f"{seconds:.1f} s, {task.errors['timeout']} timeouts")
   np.testing.assert_array_equal(got, np.array(want, np.float32))
   # Stuck checks were killed (the timing itself is printed, not asserted:
   # at most every hostile answer waits out its deadline, two at a time).
-  assert 0 < task.errors["timeout"] <= 100
+  assert 0 < task.errors["timeout"] <= 41
   task.pool.close()
