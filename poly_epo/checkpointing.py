@@ -17,7 +17,9 @@ is collective and the main process writes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 import time
 
@@ -199,6 +201,35 @@ def storage_error(e: BaseException, what: str, log_path: str) -> str:
   return f"{what}: {type(root).__name__}: {why} ({where})"
 
 
+@contextlib.contextmanager
+def _orbax_errors_to(log_path: str):
+  """Orbax's own ERROR logs (a traceback per failed write thread, hundreds
+  of lines on a full disk) go to `log_path` instead of the console while a
+  checkpoint is written; the caller reports the failure in one line."""
+  records = []
+
+  class Keep(logging.Handler):
+    def emit(self, record):
+      records.append(self.format(record))
+  absl_log = logging.getLogger("absl")
+  keep = Keep()
+  keep.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+  old = absl_log.propagate
+  absl_log.propagate = False
+  absl_log.addHandler(keep)
+  try:
+    yield
+  finally:
+    absl_log.removeHandler(keep)
+    absl_log.propagate = old
+    if records and not storage.is_url(log_path):
+      try:
+        with open(log_path, "a") as f:
+          f.write("\n".join(records) + "\n")
+      except OSError:
+        pass
+
+
 def _finite(params, opt_state) -> bool:
   from poly_epo.update import all_finite
   return bool(jax.jit(all_finite)((params, opt_state)))
@@ -305,17 +336,22 @@ class TrainCheckpoints:
           f"step {step}: the parameters or optimizer state hold non-finite "
           f"values; not checkpointed ({self.dir} keeps the last finite one)")
     try:
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave({"params": params,
-                                       "opt_state": opt_state})),
-          custom_metadata={"run_config": self.identity}
-          if self.identity else None)
-      self.manager.wait_until_finished()
+      with _orbax_errors_to(storage.join(os.path.dirname(self.dir),
+                                         "errors.log")):
+        self._save(step, params, opt_state)
     except Exception as e:  # noqa: BLE001 - one line; the rest to a log.
       raise OSError(storage_error(
           e, f"the checkpoint of step {step} was not written to {self.dir} "
           "(the earlier ones are kept)",
           storage.join(os.path.dirname(self.dir), "errors.log"))) from None
+
+  def _save(self, step: int, params, opt_state) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params,
+                                     "opt_state": opt_state})),
+        custom_metadata={"run_config": self.identity}
+        if self.identity else None)
+    self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()
