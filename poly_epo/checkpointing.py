@@ -180,6 +180,20 @@ def _first_line(e: Exception, where: str) -> str:
   return f"{type(e).__name__}: {head} [file {path.group(1) if path else where}]"
 
 
+def _append_log(log_path: str, text: str) -> str | None:
+  """`text` appended to a local log (a `gs://` workdir's goes to this
+  machine's cache folder: appends need a local file); the file written, or
+  None when it could not be (a full disk)."""
+  if storage.is_url(log_path):
+    log_path = os.path.join(storage.cache_root(), "errors.log")
+  try:
+    with open(log_path, "a") as f:
+      f.write(text + "\n")
+  except OSError:
+    return None
+  return log_path
+
+
 def storage_error(e: BaseException, what: str, log_path: str) -> str:
   """One line for a failed write: what failed, the root cause (disk full,
   permission: the innermost exception) and where the whole traceback went
@@ -189,14 +203,10 @@ def storage_error(e: BaseException, what: str, log_path: str) -> str:
   while root.__cause__ is not None or root.__context__ is not None:
     root = root.__cause__ or root.__context__
   detail = "".join(traceback.format_exception(e))
-  if storage.is_url(log_path):  # Appends need a local file.
-    log_path = os.path.join(storage.cache_root(), "errors.log")
-  try:
-    with open(log_path, "a") as f:
-      f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{detail}\n")
-    where = f"traceback in {log_path}"
-  except OSError:
-    where = "no room for the traceback either"
+  written = _append_log(
+      log_path, f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{detail}")
+  where = f"traceback in {written}" if written else \
+      "no room for the traceback either"
   why = (str(root).splitlines() or [type(root).__name__])[0][:300]
   return f"{what}: {type(root).__name__}: {why} ({where})"
 
@@ -222,12 +232,8 @@ def _orbax_errors_to(log_path: str):
   finally:
     absl_log.removeHandler(keep)
     absl_log.propagate = old
-    if records and not storage.is_url(log_path):
-      try:
-        with open(log_path, "a") as f:
-          f.write("\n".join(records) + "\n")
-      except OSError:
-        pass
+    if records:
+      _append_log(log_path, "\n".join(records))
 
 
 def _finite(params, opt_state) -> bool:
@@ -335,15 +341,14 @@ class TrainCheckpoints:
       raise FloatingPointError(
           f"step {step}: the parameters or optimizer state hold non-finite "
           f"values; not checkpointed ({self.dir} keeps the last finite one)")
+    log_path = storage.join(os.path.dirname(self.dir), "errors.log")
     try:
-      with _orbax_errors_to(storage.join(os.path.dirname(self.dir),
-                                         "errors.log")):
+      with _orbax_errors_to(log_path):
         self._save(step, params, opt_state)
     except Exception as e:  # noqa: BLE001 - one line; the rest to a log.
       raise OSError(storage_error(
           e, f"the checkpoint of step {step} was not written to {self.dir} "
-          "(the earlier ones are kept)",
-          storage.join(os.path.dirname(self.dir), "errors.log"))) from None
+          "(the earlier ones are kept)", log_path)) from None
 
   def _save(self, step: int, params, opt_state) -> None:
     self.manager.save(step, args=ocp.args.Composite(

@@ -147,11 +147,14 @@ def pretrain(cfg, progress: bool = True, stop=None) -> dict:
   bar = tqdm.trange(first, pc.steps, desc="pretrain", disable=not progress,
                     initial=first, total=pc.steps)
   losses = []
-  for i in bar:
+
+  def stop_here(i, where):  # Save steps [0, i), then stop, if asked to.
     if stop is not None and stop.requested:
       _save_state(state_path, i, params, opt_state)
-      stop.check(f"while pretraining the base policy, at step {i} of "
-                 f"{pc.steps} (saved {state_path})")
+      stop.check(where)
+  for i in bar:
+    stop_here(i, f"while pretraining the base policy, at step {i} of "
+              f"{pc.steps} (saved {state_path})")
     sl = slice(i * pc.batch_size, (i + 1) * pc.batch_size)
     params, opt_state, loss = step(params, opt_state, tokens[sl],
                                    loss_mask[sl], attn[sl])
@@ -161,17 +164,14 @@ def pretrain(cfg, progress: bool = True, stop=None) -> dict:
   model = nnx.merge(graphdef, params)
   train_seconds = time.perf_counter() - t_start
   prompts = task.heldout_prompts(cfg.seed, pc.eval_prompts)
-
-  def stop_check():  # During the evaluation: training is kept.
-    if stop is not None and stop.requested:
-      _save_state(state_path, pc.steps, params, opt_state)
-      stop.check(f"while evaluating the pretrained base policy (its "
-                 f"training is saved in {state_path})")
   ev = evaluation.evaluate(model, tokenizer, task, prompts,
                            num_samples=pc.eval_samples,
                            max_new_tokens=cfg.max_new_tokens,
                            temperature=1.0, seed=cfg.seed, progress=progress,
-                           stop_check=stop_check)
+                           stop_check=lambda: stop_here(
+                               pc.steps, "while evaluating the pretrained "
+                               f"base policy (its training is saved in "
+                               f"{state_path})"))
   m = pc.eval_samples
   summary = {"task": cfg.task.name, "params": model.cfg.num_params,
              "steps": pc.steps,

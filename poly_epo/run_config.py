@@ -67,8 +67,8 @@ def check_workdir(cfg, say=print) -> None:
   identity is compared with config.json and with the copy kept in the
   newest checkpoint, so losing or damaging config.json alone never lets
   another config continue the checkpoints. A missing or damaged config.json
-  beside matching checkpoints is rebuilt (`write_identity`, once start-up
-  passes). Every process reads; nothing is written here."""
+  beside matching checkpoints is rebuilt (the trainer writes the identity
+  once start-up passes). Every process reads; nothing is written here."""
   from poly_epo.checkpointing import saved_identity
   path = storage.join(cfg.workdir, "config.json")
   mine = identity(cfg)

@@ -103,7 +103,7 @@ def read_bytes(path) -> bytes:
 
 
 def write_bytes(path, data: bytes) -> None:
-  """Atomic, like `write_text`."""
+  """Atomic: readers see the old file or the new one, never a part."""
   if is_url(path):
     epath.Path(path).write_bytes(data)
     return
@@ -114,14 +114,8 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def write_text(path, text: str) -> None:
-  """Atomic: readers see the old file or the new one, never a part."""
-  if is_url(path):
-    epath.Path(path).write_text(text)
-    return
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  """Atomic (UTF-8), like `write_bytes`."""
+  write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path, obj) -> None:

@@ -24,8 +24,7 @@ from flax import nnx
 
 from poly_epo import (checkpointing, compile_cache, config_checks,
                       distributed, evaluation, export, losses, metrics,
-                      packing,
-                      pretrain, rollout, scoring, set_rl, sharding,
+                      packing, pretrain, rollout, scoring, set_rl, sharding,
                       step_watch, storage, tasks, update)
 from poly_epo.convert import policy_path
 from poly_epo.judges.factory import JudgeWatch, make_judge
@@ -236,8 +235,8 @@ def stop_check(stop, where: str):
   once any was asked to stop (a collective: call it where all do)."""
   def check():
     if stop is not None and distributed.any_process(stop.requested):
-      raise Preempted(f"stopped by {stop.name} {where}; run the same "
-                      "command to resume", stop.signum)
+      stop.requested = True  # Another process's request stops this one.
+      stop.check(where)
   return check
 
 

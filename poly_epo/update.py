@@ -6,7 +6,8 @@ every micro-batch with no resharding), each accumulated
 exactly over `num_microbatches` micro-batches: the loss numerators' gradients
 and the denominators are summed, then divided once (losses.py). A minibatch
 whose loss, gradient or new weights (params, optimizer state) are not
-finite is skipped (params and optimizer state kept) and counted. Old log-probs are, in this order: the update's own
+finite is skipped (params and optimizer state kept) and counted. Old
+log-probs are, in this order: the update's own
 forward pass, detached, when the rollout batch is one minibatch
 (`on_policy`: ratio exactly 1, no extra pass); else recomputed by the
 training model before the first minibatch (`recompute_old_logprobs`,
