@@ -19,7 +19,7 @@ transformers.__version__, jax.devices()[0].device_kind)" | tee "$LOGS/env.txt"
 # would move the references by ~1e-4).
 JAX_PLATFORMS=cuda XLA_FLAGS= JAX_DEFAULT_MATMUL_PRECISION=highest \
   timeout ${T0:-600} python -m pytest -q -p no:cacheprovider \
-  tests/test_decode_attention.py tests/test_engine.py \
+  tests/test_engine_kernels.py tests/test_engine_loop.py \
   -k "not mesh and not pod" 2>&1 | tee "$LOGS/tests.txt"
 # (d) Rollout engines, 32 prompts x 8 samples, responses forced uniform on
 # [19, 384], 64 decode slots: static vs continuous vs the Pallas kernel.

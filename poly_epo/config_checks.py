@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import jax
 
-from poly_epo import engine, losses, set_rl, sharding, storage, tasks
-from poly_epo.models.decode_attention import IMPLEMENTATIONS
+from poly_epo import losses, set_rl, sharding, storage, tasks
+from poly_epo.engine import settings
 
 
-def check_config(cfg, n_devices: int | None = None) -> None:
+def check_config(cfg, n_devices: int | None = None,
+                 platform: str | None = None) -> None:
   """Every field checked before anything runs (ValueError naming it);
-  `n_devices`: the devices to check for (default: this process's view,
-  `plan` passes the slice it plans)."""
+  `n_devices` / `platform`: the devices to check for (default: this
+  process's view; `plan` passes the slice it plans). The rollout's
+  settings are resolved here as the run will resolve them
+  (`engine.settings.from_config`), so a combination that cannot run on
+  the platform stops the run before pretraining."""
   def need(cond, field, msg):
     if not cond:
       raise ValueError(f"config.{field}: {msg}")
@@ -49,21 +53,10 @@ def check_config(cfg, n_devices: int | None = None) -> None:
   need(chunk == 0 or chunk % procs == 0, "rollout.chunk_prompts",
        f"{chunk} does not split over {procs} processes")
   r = cfg.rollout
-  need(r.engine in engine.ENGINES, "rollout.engine",
-       f"{r.engine!r}: one of {engine.ENGINES}")
-  need(r.attention in IMPLEMENTATIONS, "rollout.attention",
-       f"{r.attention!r}: one of {IMPLEMENTATIONS}")
-  need(r.slots >= 0, "rollout.slots", "must be >= 0")
-  need(r.cache in engine.CACHES, "rollout.cache",
-       f"{r.cache!r}: one of {engine.CACHES}")
-  need(r.narrow in engine.NARROW, "rollout.narrow",
-       f"{r.narrow!r}: one of {engine.NARROW}")
-  need(r.page_size >= 0, "rollout.page_size", "must be >= 0")
-  need(r.pages >= 0, "rollout.pages", "must be >= 0")
-  need(r.cache != "contiguous" or r.attention != "tpu_paged",
-       "rollout.attention",
-       "'tpu_paged' reads a paged cache: set rollout.cache='paged'")
-  need(r.refill >= 1, "rollout.refill", "must be >= 1")
+  try:
+    settings.from_config(cfg, platform or jax.default_backend())
+  except ValueError as e:
+    raise ValueError(f"config.{e}") from None
   n_devices = n_devices or jax.device_count()
   shards = max(n_devices // max(cfg.mesh.tensor, 1), 1)
   rows = cfg.prompts_per_step * cfg.num_samples

@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo import autoscale, distributed, metrics, rollout, storage
+from poly_epo.engine import settings
 from poly_epo.labels import DEGENERATE
 from poly_epo.tokenizer import decode_completions, encode_prompts
 
@@ -43,8 +44,8 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
                      seed: int = 0, batch_prompts: int = 64,
                      progress: bool = False, mesh=None,
                      compute_dtype: str | None = None, judge=None,
-                     stop_check=None,
-                     samples_field: str = "num_samples") -> dict:
+                     stop_check=None, samples_field: str = "num_samples",
+                     rollout_options: dict | None = None) -> dict:
   """Completions, rewards [P, m] and labels [P, m] for `prompts` (labels
   from `judge` when given, else the task's own). `stop_check()` runs before
   each rollout chunk (it raises to stop: SIGTERM/SIGINT during evaluation).
@@ -52,6 +53,11 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
   memory in sight (the devices', or the host's on CPU:
   `autoscale.evaluation_rollouts`); a request that can never fit is a
   ValueError naming `samples_field` and the most samples that would.
+  `rollout_options`: the rollout's settings (`engine.settings.make`
+  keywords: a run's `settings.config_options(cfg)`, as the trainer and
+  `evaluate` pass); None: the evaluation's own, the static engine with the
+  window kernel and no top-k / top-p truncation. `temperature` and the
+  chunk (`batch_prompts`) are the evaluation's either way.
 
   Prompt i's samples are seeded by `fold_in(key(seed), i)`. On several
   processes each samples and scores its own block of prompts (padded to equal
@@ -74,13 +80,16 @@ def sample_and_score(model, tokenizer, task, prompts, *, num_samples: int,
       _memory(), samples_field)
   if fit is not None and fit < batch_prompts:
     batch_prompts = max(procs, fit // procs * procs)
+  rollout_settings = settings.make(**{
+      **(rollout_options or {}), "num_samples": num_samples,
+      "max_new_tokens": max_new_tokens, "eos_id": tokenizer.eos_token_id,
+      "pad_id": tokenizer.pad_token_id, "temperature": temperature,
+      "chunk_prompts": batch_prompts, "platform": settings.platform_of(mesh)})
   out = rollout.rollout(
       graphdef, params, rest, tokens, mask,
       np.arange(me * block, me * block + block), rng=jax.random.key(seed),
-      num_samples=num_samples, max_new_tokens=max_new_tokens,
-      eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id,
-      temperature=temperature, chunk_prompts=batch_prompts, mesh=mesh,
-      compute_dtype=compute_dtype, progress=progress, stop_check=stop_check)
+      settings=rollout_settings, mesh=mesh, compute_dtype=compute_dtype,
+      progress=progress, stop_check=stop_check)
   texts = decode_completions(tokenizer, out.tokens, out.mask)[:n_mine]
   rewards, labels = score(task, mine, texts)
   if judge is not None:
@@ -117,7 +126,8 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
              progress: bool = False, mesh=None,
              compute_dtype: str | None = None,
              batch_prompts: int = 64, judge=None, stop_check=None,
-             samples_field: str = "num_samples") -> dict:
+             samples_field: str = "num_samples",
+             rollout_options: dict | None = None) -> dict:
   """Every evaluation number of DESIGN 3.6 over `prompts`, m samples each.
 
   Returns pass@k for every k = 1..m ("pass@k", and "pass@1", "pass@m"),
@@ -137,7 +147,8 @@ def evaluate(model, tokenizer, task, prompts, *, num_samples: int,
                          progress=progress, mesh=mesh,
                          compute_dtype=compute_dtype,
                          batch_prompts=batch_prompts, judge=judge,
-                         stop_check=stop_check, samples_field=samples_field)
+                         stop_check=stop_check, samples_field=samples_field,
+                         rollout_options=rollout_options)
   out = summarize(res, num_samples)
   names = getattr(task, "label_names", None)
   if names and judge is None:  # Task labels that mean the same everywhere.
@@ -234,6 +245,11 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
           "config.eval_prompts >= 1, or give config.task.options.eval_sets "
           "files with problems")
   judge = make_judge(cfg) if cfg.judge.kind != "task" else None
+  options = settings.config_options(cfg)
+  if progress:  # Which sampling and rollout settings these numbers come from.
+    print("evaluation rollouts: the run config's rollout.* and sampling "
+          "settings: " + ", ".join(f"{k}={v}" for k, v in options.items()),
+          flush=True)
   loaded = {}
   for spec in policies:
     path = (policy_path(cfg.base_policy) or
@@ -253,7 +269,7 @@ def evaluate_policies(cfg, policies, *, samples: int, prompts: int, out: str,
                     samples_field="--samples",
                     max_new_tokens=cfg.max_new_tokens,
                     temperature=cfg.temperature, seed=cfg.seed,
-                    progress=progress, judge=judge)
+                    progress=progress, judge=judge, rollout_options=options)
       ev.pop("samples")
       reports[name] = ev
       sources[name] = {"path": storage.absolute(path),

@@ -117,34 +117,9 @@ def update_memory(mcfg, mesh, cfg, num_microbatches: int) -> dict:
   params_sh = sharding.tree_shardings(params, mesh)
   opt = jax.eval_shape(tx.init, params)
   opt_sh = sharding.tree_shardings(opt, mesh)
-  s = cfg.prompts_per_step * cfg.num_samples
-  t = cfg.max_prompt_tokens + cfg.max_new_tokens
-  length = cfg.max_new_tokens
-  planned = cfg.copy_and_resolve_references()
-  planned.num_microbatches = num_microbatches
-  planned.model.dtype = mcfg.dtype
-  # The packed layout's shapes depend on the rollout; it is planned as the
-  # padded one (an upper bound).
-  opts = dict(update.layout(planned, sharding.batch_shards(mesh)),
-              packing=False)
-  fn = update.make_update_fn(
-      graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
-      num_minibatches=cfg.num_minibatches, num_microbatches=num_microbatches,
-      temperature=cfg.temperature, logprob_chunk=cfg.model.logprob_chunk,
-      loss_options=dict(max_len=length), **opts)
-  b = lambda shape, dt: jax.ShapeDtypeStruct(
-      shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
-  if opts["shared_prefix"]:
-    bp, n, p = cfg.prompts_per_step, cfg.num_samples, cfg.max_prompt_tokens
-    batch = update.SharedBatch(
-        b((bp, p), jnp.int32), b((bp, p), jnp.bool_),
-        b((bp, n, length), jnp.int32), b((bp, n, length), jnp.bool_),
-        b((bp, n, length), jnp.float32), b((bp, n), jnp.float32))
-  else:
-    batch = update.RolloutBatch(b((s, t), jnp.int32), b((s, t), jnp.bool_),
-                                b((s, length), jnp.bool_),
-                                b((s, length), jnp.float32),
-                                b((s,), jnp.float32))
+  fn, lay = update.build(cfg, graphdef, tx, mesh, params_sh, opt_sh,
+                         num_microbatches=num_microbatches, dtype=mcfg.dtype)
+  batch = update.abstract_batch(cfg, lay, mesh)
   compiled = fn.lower(_abstract(params, params_sh), _abstract(opt, opt_sh),
                       batch).compile()
   param_bytes = _tree_bytes(params, params_sh)
@@ -198,7 +173,8 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
                           len({d.process_index for d in devices}))
   mcfg = mcfg.replace(remat=cfg.model.remat)  # "auto" resolved above.
   from poly_epo import config_checks
-  config_checks.check_config(cfg, n_devices=len(devices))
+  target = "tpu" if chip in tpu_topology.SHAPES else "gpu"
+  config_checks.check_config(cfg, n_devices=len(devices), platform=target)
   mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor,
                             devices=devices)
   b = cfg.prompts_per_step
@@ -207,7 +183,8 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   per_dev, programs = update_memory(mcfg, mesh, cfg, micro)
   num_params = per_dev.pop("num_params")
   mem, more, specs = plan_rollout.compile_programs(mcfg, mesh, cfg, chunk,
-                                                   _abstract, _tree_bytes)
+                                                   _abstract, _tree_bytes,
+                                                   target)
   per_dev.update(mem)
   per_dev["rollout_temp"] = max(_temp(c) for c in more.values())
   programs.update(more)
@@ -242,8 +219,7 @@ def plan(cfg, chip: str = "h100", devices=None, lengths: str = "max"
   w_full = specs["windows"][0]
   est["decode_step"] = est.pop(f"decode_step_w{w_full}")
   cost["decode_step"] = cost.pop(f"decode_step_w{w_full}")
-  rollout_s = schedules[plan_rollout.configured(
-      cfg, "tpu" if chip in tpu_topology.SHAPES else "gpu")]["seconds"]
+  rollout_s = schedules[plan_rollout.configured(cfg, target)]["seconds"]
   update_s = cfg.num_minibatches * micro * est["update_microbatch"]
   return {
       "compiler": compiler,

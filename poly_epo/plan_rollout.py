@@ -26,7 +26,7 @@ each device with its own block of prompts, exactly as the engine decides:
   (`rollout.attention="auto"` on TPU): a slot for every row of the
   device, a pool of pages as large as the contiguous cache's memory,
   prompts admitted and pages granted as the engine does (the banker's
-  test, `models/paged.py`), each step's KV read at the busy rows' own
+  test, `engine/allocator_host.py`), each step's KV read at the busy rows' own
   fill. Prompts at full width here, so no sharing is counted beyond their
   full pages.
 
@@ -56,16 +56,21 @@ def lengths(spread: str, rows: int, cap: int, seed: int = 0) -> np.ndarray:
   return np.where(rs.rand(rows) < 0.3, cap, below)
 
 
-def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes):
-  """(memory per device, compiled programs, specs). `abstract(tree, sh)`
-  attaches shardings to ShapeDtypeStructs; `tree_bytes(tree, sh)` counts
-  one device's bytes of them (poly_epo/plan.py's)."""
+def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes,
+                     platform: str):
+  """(memory per device, compiled programs, specs) for the run's rollout
+  settings on the target `platform` (the planned chip's, whatever the
+  compiling devices). `abstract(tree, sh)` attaches shardings to
+  ShapeDtypeStructs; `tree_bytes(tree, sh)` counts one device's bytes of
+  them (poly_epo/plan.py's)."""
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from poly_epo import engine, sharding
+  from poly_epo import sharding
+  from poly_epo.engine import loop
+  from poly_epo.engine.spec import plan_spec
   from poly_epo.models.transformer import Transformer
-  k, p, length = cfg.num_samples, cfg.max_prompt_tokens, cfg.max_new_tokens
+  k, p = cfg.num_samples, cfg.max_prompt_tokens
   d = sharding.batch_shards(mesh)
   chunk_dev = max(chunk // d, 1)
   model = nnx.eval_shape(lambda: Transformer(mcfg, rngs=nnx.Rngs(0)))
@@ -75,66 +80,73 @@ def compile_programs(mcfg, mesh, cfg, chunk: int, abstract, tree_bytes):
       else x.dtype), state)
   decode_sh = sharding.decode_shardings(state, mesh)
   params = abstract(state, decode_sh)
-  common = dict(prompt_width=p, num_samples=k, max_new_tokens=length,
-                attention=_planned(cfg.rollout.attention), eos_id=0,
-                block=engine.default_block("tpu"),  # The accelerator's
-                keys_ch=engine.default_keys_ch("tpu"))  # choices.
-  static = engine.plan_spec(batch_dev=chunk_dev, **common)
-  cont = engine.plan_spec(batch_dev=chunk_dev + cfg.rollout.refill,
-                          engine="continuous", slots_dev=chunk_dev * k,
-                          refill=cfg.rollout.refill, **common)
+  run = run_settings(cfg, platform)
+  attention = planned(run)
+  # The contiguous programs with the planned kernel, at the target
+  # platform's block and key layout.
+  common = run.replace(cache="contiguous", attention=attention, eos_id=0)
+  static = plan_spec(common.replace(engine="static"), batch_dev=chunk_dev,
+                     prompt_width=p)
+  cont = plan_spec(common.replace(engine="continuous"),
+                   batch_dev=chunk_dev + run.refill, prompt_width=p,
+                   slots_dev=chunk_dev * k)
   rows = lambda x: jax.ShapeDtypeStruct(
       (x.shape[0] * d,) + x.shape[1:], x.dtype,
       sharding=sharding.batch_sharding(mesh, x.ndim))
 
   def consts(b):
-    return engine.Consts(
+    return loop.Consts(
         rows(jax.ShapeDtypeStruct((b, p), jnp.int32)),
         rows(jax.ShapeDtypeStruct((b,), jnp.int32)),
         rows(jax.ShapeDtypeStruct((b, 2), jnp.uint32)))
 
   def state_of(spec, b):
-    local = jax.eval_shape(lambda: engine.init_state(mcfg, spec, b))
+    local = jax.eval_shape(lambda: loop.init_state(mcfg, spec, b))
     return jax.tree.map(rows, local)
 
   progs = {}
   for name, spec, count in (("prefill_chunk", static, static.first),
                             ("prefill_refill", cont, cont.refill)):
     st = state_of(spec, spec.first + spec.refill)
-    progs[name] = engine.insert_program.lower(
+    progs[name] = loop.insert_program.lower(
         graphdef, params, st, consts(spec.first + spec.refill), spec=spec,
         mesh=mesh, count=count).compile()
   st = state_of(static, static.first)
   windows = (static.cache_len, static.cache_len // 2)
   for w in windows:
-    progs[f"decode_step_w{w}"] = engine.step_program.lower(
+    progs[f"decode_step_w{w}"] = loop.step_program.lower(
         graphdef, params, st, spec=static, mesh=mesh, window=w).compile()
   kv = sum(x.size * x.dtype.itemsize for x in (st.k + st.v)) // d
   return ({"kv_cache": int(kv),
            "sampler_params": tree_bytes(state, decode_sh)}, progs,
           {"static": static, "continuous": cont, "windows": windows,
-           "devices": d, "chunk_dev": chunk_dev})
+           "devices": d, "chunk_dev": chunk_dev, "attention": attention})
+
+
+def run_settings(cfg, platform: str):
+  """The run's rollout settings on `platform` (as the trainer resolves
+  them)."""
+  from poly_epo.engine import settings
+  return settings.from_config(cfg, platform)
 
 
 def configured(cfg, platform: str) -> str:
   """The schedule a config runs on `platform`: its engine, or
   `continuous_paged` (the paged cache; its kernel reads each row's own
   fill)."""
-  from poly_epo import engine
-  r = cfg.rollout
-  cache = engine.resolve_cache(r.get("cache", "contiguous"), r.attention,
-                               platform)
-  return "continuous_paged" if cache == "paged" and \
-      r.engine == "continuous" else r.engine
+  run = run_settings(cfg, platform)
+  return "continuous_paged" if run.cache == "paged" and \
+      run.engine == "continuous" else run.engine
 
 
-def _planned(attention: str) -> str:
-  """The attention the planner compiles: the Pallas kernels ("pallas",
-  "tpu_paged", "auto") are custom calls the compiler's cost model cannot
-  see into, so they are planned as the window; `continuous_ragged_kernel`
-  and `continuous_paged` estimate each row reading its own fill."""
-  return "window" if attention in ("pallas", "auto", "tpu_paged") \
-      else attention
+def planned(run) -> str:
+  """The kernel the planner compiles for the run's: the Pallas kernels are
+  custom calls the compiler's cost model cannot see into, so they are
+  planned as the kernel they name (`Kernel.planned_as`: the window);
+  `continuous_ragged_kernel` and `continuous_paged` estimate each row
+  reading its own fill."""
+  from poly_epo.engine import kernels
+  return kernels.get(run.attention).planned_as or run.attention
 
 
 def _linear(c1, c2, w1, w2):
@@ -145,7 +157,7 @@ def _linear(c1, c2, w1, w2):
 
 def _bucket(need, block, cache_len):
   """The window `attention="window"` reads for a fill of `need` slots."""
-  from poly_epo.models.decode_attention import buckets
+  from poly_epo.engine.kernels.dense import buckets
   sizes = np.asarray(buckets(cache_len, block)) * block
   return sizes[np.searchsorted(sizes, np.maximum(need, 1))]
 
@@ -200,33 +212,13 @@ def _device_schedules(lens_bk, p, specs, step_s, step_b, costs, attention):
   return out
 
 
-def _safe(claim, held, free) -> bool:
-  """The banker's test of `paged.safe`, for the live rows given."""
-  order = np.argsort(claim, kind="stable")
-  c, h = claim[order], held[order]
-  return bool(np.all(c <= free + np.cumsum(h) - h))
-
-
-def _reserved(claim, live, row_id, free, most):
-  """`paged.reserved`: (claims' sum, mask) of the oldest live rows (at most
-  `most`) whose claims the free pages cover together."""
-  idx = sorted(np.flatnonzero(live), key=lambda s: row_id[s])
-  total, kept = 0, np.zeros(len(claim), bool)
-  for s in idx[:most]:
-    if total + claim[s] > free:
-      break
-    total += claim[s]
-    kept[s] = True
-  return total, kept
-
-
 def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
   """The continuous engine's schedule, decided as the engine decides: yields
   per decode step (fills of the rows that decoded [n], prefill calls made
-  before it). `pool`: (pages, page) of a paged cache (admission and page
-  grants by the banker's test, as `models/paged.py`), prompts of `p`
-  tokens; None: contiguous."""
-  from poly_epo.models import paged
+  before it). `pool`: (pages, page) of a paged cache (admissions and page
+  grants by the engine's policy, `engine/allocator_host.py`), prompts of
+  `p` tokens; None: contiguous."""
+  from poly_epo.engine import allocator, allocator_host
   queue = list(range(len(lens_bk)))
   left = np.zeros(slots, int)  # Tokens still to decode per slot (0 free).
   age = np.zeros(slots, int)
@@ -237,9 +229,9 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
   live_rows = {}  # Prompt -> its rows not ended (paged: shared pages).
   if pool is not None:
     pages, page = pool
-    shared, own = paged.row_pages(p, max_new_tokens, page)
-    first_own = int(p % page > 0)
-    most = paged.reserve_rows(pages, -(-(p + max_new_tokens) // page))
+    shared, _ = allocator.row_pages(p, max_new_tokens, page)
+    most = allocator.reserve_rows(pages, -(-(p + max_new_tokens) // page))
+    policy = dict(max_new_tokens=max_new_tokens, page=page, reserve=most)
   state = {"free": pages if pool is not None else 0}
 
   def release(slot_ids):
@@ -255,67 +247,53 @@ def _replay(lens_bk, p, k, slots, refill, pool, max_new_tokens):
         state["free"] += shared
         del live_rows[b]
 
-  def admissible(free_slots):
+  def admit(free_slots, commit):
+    """Whether the queue's next prompt is admitted into `free_slots`
+    (paged: the engine's admission test; `commit` takes its pages)."""
     if pool is None:
       return True
-    keep, _ = _reserved(claim, owner >= 0, row_id, state["free"], most)
-    c, h = claim.copy(), held.copy()
-    c[free_slots], h[free_slots] = own - first_own, first_own
-    live = (owner >= 0)
-    live[free_slots] = True
-    rest = state["free"] - shared - k * first_own
-    return rest >= keep and _safe(c[live], h[live], rest)
+    taken, c, h, f = allocator_host.admission(
+        state["free"], claim, held, owner >= 0, [p], [True],
+        free_slots[None], order_S=row_id, **policy)
+    if taken[0] and commit:
+      claim[:], held[:], state["free"] = c, h, f
+    return bool(taken[0])
 
   def insert(n_prompts):
     """Admit up to n prompts (a prefix, while safe): prefill calls."""
     n_prompts = min(n_prompts, len(queue))
     for _ in range(n_prompts):
       free = np.flatnonzero(owner < 0)[:k]
-      if not admissible(free):
+      if not admit(free, commit=True):
         break
       b = queue.pop(0)
       left[free] = lens_bk[b] - 1
       age[free] = 1
       owner[free] = b
       row_id[free] = b * k + np.arange(k)
-      if pool is not None:
-        claim[free], held[free] = own - first_own, first_own
-        state["free"] -= shared + k * first_own
-        live_rows[b] = k
+      live_rows[b] = k
       release(free[left[free] == 0])  # Ended with their first token.
     return -(-n_prompts // refill)
 
   def room():
     free = np.flatnonzero(owner < 0)
-    return bool(queue) and len(free) >= k * refill and admissible(free[:k])
+    return bool(queue) and len(free) >= k * refill and admit(
+        free[:k], commit=False)
 
   def grants(busy):
     """Rows that may decode this step (paged: those holding the page they
-    write into, or granted one now, oldest row first, while safe)."""
+    write into, or granted one now by the engine's policy)."""
     if pool is None:
       return busy
-    run = busy.copy()
-    live = owner >= 0
-    keep, kept = _reserved(claim, live, row_id, state["free"], most)
-    spare = state["free"] - keep
-    for s in sorted(np.flatnonzero(busy), key=lambda s: row_id[s]):
-      if (p + age[s] - 1) // page < shared + held[s]:
-        continue  # Writes into a page it holds.
-      c, h = claim.copy(), held.copy()
-      c[s] -= 1
-      h[s] += 1
-      if state["free"] >= 1 and (kept[s] or spare >= 1) and _safe(
-          c[live], h[live], state["free"] - 1):
-        claim[s], held[s] = c[s], h[s]
-        state["free"] -= 1
-        spare -= not kept[s]
-      else:
-        run[s] = False
-    return run
+    need = busy & ((p + age - 1) // page >= shared + held)
+    c, h, waiting, f = allocator_host.grant(
+        state["free"], need, claim, held, owner >= 0, row_id, most)
+    claim[:], held[:], state["free"] = c, h, f
+    return busy & ~waiting
 
   first = slots // k if pool is None else min(
-      slots // k, pages // paged.worst_prompt_pages(p, k, max_new_tokens,
-                                                    page))
+      slots // k, pages // allocator.worst_prompt_pages(
+          p, k, max_new_tokens, page))
   calls = insert(first)
   while queue or left.any():
     if room():
@@ -352,7 +330,7 @@ def estimate(cfg, costs: dict, specs: dict, spread: str,
       continue
     for name, (sec, steps, nbytes) in _device_schedules(
         block, cfg.max_prompt_tokens, specs, step_s, step_b, costs,
-        _planned(cfg.rollout.attention)).items():
+        specs["attention"]).items():
       r = results.setdefault(name, {"seconds": 0.0, "decode_steps": 0,
                                     "bytes": 0.0})
       r["seconds"] = max(r["seconds"], sec)

@@ -1,14 +1,15 @@
 """Rollouts of any size in bounded memory, on one device, a mesh or a pod.
 
 `rollout(...)` samples N completions for this process's share of a batch of
-prompts with the rollout engine (`poly_epo/engine.py`, docs/ROLLOUT.md):
+prompts with the rollout engine (`poly_epo/engine/`, docs/ROLLOUT.md), as
+its `RolloutSettings` say (`engine.settings`, resolved once per run):
 `engine="static"` decodes `chunk_prompts` prompts (across all processes) at
 a time in lock-step, so the KV cache of one chunk, not of the whole batch,
 is what must fit; `engine="continuous"` keeps `slots` decode slots busy
 with the whole batch's queue. Prompt groups stay whole. Every prompt's
 randomness is `fold_in(rng, prompt_id)` with its *global* id, so the
 schedule, chunking, the process count and padding change no sample
-(tests/test_rollout.py, tests/test_engine.py).
+(tests/test_rollout.py, tests/test_engine_loop.py).
 
 The sampler runs in the compute dtype: the f32 master weights are cast once
 per rollout (`cast_params`), not once per decode step, laid out for decoding
@@ -29,9 +30,9 @@ import numpy as np
 import tqdm
 from flax import nnx
 
-from poly_epo import engine as engine_lib
-from poly_epo import engine_host
 from poly_epo import sampling, sharding
+from poly_epo.engine import host
+from poly_epo.engine.settings import RolloutSettings
 
 
 @functools.partial(jax.jit, static_argnames=("dtype",))
@@ -75,16 +76,12 @@ def decode_params(params, mesh, dtype: str | None):
 
 
 def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
-            rng, num_samples: int, max_new_tokens: int, eos_id, pad_id: int,
-            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-            chunk_prompts: int = 0, mesh=None, compute_dtype: str | None = None,
-            progress: bool = False, engine: str = "static", slots: int = 0,
-            refill: int = 1, attention: str = "window", on_done=None,
-            stats: dict | None = None, cache: str = "contiguous",
-            page_size: int = 0, pages: int = 0, stop_check=None,
-            **engine_args
+            rng, settings: RolloutSettings, mesh=None,
+            compute_dtype: str | None = None, progress: bool = False,
+            on_done=None, stats: dict | None = None, stop_check=None
             ) -> sampling.SampleOutput:
-  """Sample `num_samples` completions per prompt of this process's share.
+  """Sample `settings.num_samples` completions per prompt of this process's
+  share.
 
   Args:
     graphdef, params, rest: the split policy (`nnx.split(model, nnx.Param,
@@ -93,30 +90,23 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       process's contiguous block of the batch (the whole batch on one host).
     prompt_ids: int [B_local] global prompt ids (seed each prompt's samples).
     rng: the rollout's PRNG key.
-    chunk_prompts: static engine: prompts per decode loop summed over all
-      processes (0 = all at once); a short last chunk is padded with empty
-      rows. Continuous engine: sets the default `slots` (chunk x k).
+    settings: the rollout's settings (`engine.settings.make` /
+      `from_config`) for the mesh's platform: the sampling rule, lengths,
+      EOS / pad, the schedule ("static": `chunk_prompts` prompts, summed
+      over all processes, per lock-step loop, 0 = all at once, a short last
+      chunk padded with empty rows; "continuous": `slots` decode slots over
+      all devices, 0 = chunk_prompts x num_samples or every row, refilled
+      from the queue of the whole batch), the cache ("paged": `pages` over
+      all devices, 0 = the contiguous cache's memory; continuous with no
+      `slots`: a slot per row in the memory of chunk x k rows) and kernel.
+      The same tokens whatever the schedule, cache or kernel.
     mesh: the device mesh (None: the default device).
     compute_dtype: sampler dtype (None: the params' own).
-    engine: "static" (chunks in lock-step) or "continuous" (decode slots
-      refilled from the queue of the whole batch); the same tokens either way.
-    slots: continuous decode slots summed over all devices (0: chunk_prompts
-      x num_samples, or every row).
-    refill: prompts prefilled per refill (continuous).
-    attention: decode attention (`decode_attention.IMPLEMENTATIONS`).
-    cache: "contiguous" (a cache row per slot), "paged" (a pool of
-      `page_size`-slot pages, prompts shared by their samples; `pages`
-      over all devices, 0 = the contiguous cache's memory; continuous with
-      no `slots`: a slot per row in the memory of chunk x k rows) or
-      "auto" (paged with the TPU kernel on TPU, else contiguous).
     on_done: `on_done(local_prompt_indices, tokens [n, k, L], mask)` as
       prompts finish, while the rest decode (score-while-decoding).
     stats: a dict to fill with the engine's counters (summed over loops).
     stop_check: called before each chunk; it raises to stop the rollout
       (a stop request during an evaluation).
-    **engine_args: further `engine.plan_spec` settings (block, narrow:
-      "auto" | "on" | "off", the continuous engine's narrowing tail;
-      forced_lengths for benchmarks).
 
   Returns:
     `SampleOutput` of NumPy arrays for this process's prompts: [B_local, N, L].
@@ -125,33 +115,26 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
   prompt_mask = np.asarray(prompt_mask, bool)
   b = prompt_tokens.shape[0]
   procs = jax.process_count()
-  chunk = (chunk_prompts or b * procs) // procs
+  k = settings.num_samples
+  chunk = (settings.chunk_prompts or b * procs) // procs
   if chunk < 1:
-    raise ValueError(f"rollout.chunk_prompts={chunk_prompts} must be at least "
-                     f"the process count ({procs})")
+    raise ValueError(f"rollout.chunk_prompts={settings.chunk_prompts} must "
+                     f"be at least the process count ({procs})")
   chunk = min(chunk, b)
   per = 1
   if mesh is not None:  # Whole rows per device: round up to its multiple.
     per = max(sharding.batch_shards(mesh) // procs, 1)
     chunk = -(-chunk // per) * per
-  pool_rows = 0
-  if engine == "continuous":
-    paged = engine_lib.resolve_cache(
-        cache, attention, engine_lib.platform_of(mesh)) == "paged"
-    if paged and not slots:  # A slot per row, pages as the chunk's memory.
-      pool_rows = chunk * procs * num_samples
+  slots, pool_rows = settings.slots, 0
+  if settings.engine == "continuous":
+    if settings.cache == "paged" and not slots:  # A slot per row, pages
+      pool_rows = chunk * procs * k  # as the chunk's memory.
     else:
-      slots = slots or chunk * procs * num_samples
+      slots = slots or chunk * procs * k
     chunk = -(-b // per) * per  # One loop over the whole batch.
   params = decode_params(params, mesh, compute_dtype)
   graph, state = nnx.split(nnx.merge(graphdef, params, rest))
   keys = np.asarray(_prompt_keys(rng, prompt_ids))
-  spec_args = dict(num_samples=num_samples, max_new_tokens=max_new_tokens,
-                   temperature=temperature, top_k=top_k, top_p=top_p,
-                   eos_id=-1 if eos_id is None else int(eos_id),
-                   pad_id=int(pad_id), engine=engine, refill=refill,
-                   attention=attention, cache=cache, page_size=page_size,
-                   **engine_args)
   outs = []
   starts = range(0, b, chunk)
   for s in tqdm.tqdm(starts, desc="rollout", disable=not progress or
@@ -167,9 +150,9 @@ def rollout(graphdef, params, rest, prompt_tokens, prompt_mask, prompt_ids, *,
       key = np.concatenate([key, np.repeat(key[:1], pad, 0)])
     done = None if on_done is None else functools.partial(
         _report, on_done, start=s, real=n)
-    out = engine_host.run(graph, state, tok, msk, key, spec_args=spec_args,
-                          slots=slots, pages=pages, pool_rows=pool_rows,
-                          mesh=mesh, on_done=done)
+    out = host.run(graph, state, tok, msk, key, settings=settings,
+                   slots=slots, pages=settings.pages, pool_rows=pool_rows,
+                   mesh=mesh, on_done=done)
     if stats is not None:
       for name, value in out.stats.items():
         add = name in ("steps", "slot_steps", "busy_steps", "segments",

@@ -1,6 +1,7 @@
-"""Sampling: the per-token draw, and `generate`, k completions per prompt.
+"""Sampling: `generate`, k completions per prompt (the per-token draw is
+`engine/draw.py`).
 
-`generate` runs the rollout engine (`poly_epo/engine.py`) in its static
+`generate` runs the rollout engine (`poly_epo/engine/`) in its static
 schedule: each prompt is prefilled once, its k samples decode in lock-step,
 each row packed from cache slot 0 (prompt, then response).
 
@@ -22,9 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from poly_epo.engine import host, settings
 from poly_epo.logprobs import completion_logprobs as \
     completion_logprobs_from_tokens
-from poly_epo.logprobs import token_logprobs
 from poly_epo.models.transformer import Transformer
 
 
@@ -45,47 +46,6 @@ class SampleOutput(NamedTuple):
   lengths: jax.Array
 
 
-def sample_tokens(logits_NV, keys_N, *, temperature: float, top_k: int,
-                  top_p: float):
-  """Sample one token per row. Returns (token_N int32, logprob_N float32)."""
-  logits_NV = logits_NV.astype(jnp.float32)
-  if temperature == 0.0:
-    token = jnp.argmax(logits_NV, axis=-1).astype(jnp.int32)
-    return token, token_logprobs(logits_NV, token)
-  scaled = logits_NV / temperature
-  filtered = scaled
-  if top_k > 0 and top_k < scaled.shape[-1]:
-    kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-    filtered = jnp.where(scaled < kth, -jnp.inf, filtered)
-  if top_p < 1.0:
-    sorted_desc = -jnp.sort(-filtered, axis=-1)
-    probs = jax.nn.softmax(sorted_desc, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = mass_before < top_p  # The most likely token is always kept.
-    threshold = jnp.min(jnp.where(keep, sorted_desc, jnp.inf), axis=-1,
-                        keepdims=True)
-    filtered = jnp.where(filtered < threshold, -jnp.inf, filtered)
-  token = inverse_cdf_sample(filtered, keys_N)
-  return token, token_logprobs(scaled, token)
-
-
-def inverse_cdf_sample(logits_NV, keys_N):
-  """One categorical draw per row from a single uniform per row.
-
-  token = #{i : cdf_i <= u * cdf_V}. Exact up to float rounding of the cdf;
-  one random number per row instead of V Gumbels (per-step RNG cost on CPU
-  drops from ~6 ms to ~0 for 256 rows x 256 tokens). Tokens of probability 0
-  (masked by top-k / top-p) are never drawn.
-  """
-  probs = jnp.exp(logits_NV - jnp.max(logits_NV, -1, keepdims=True))
-  cdf = jnp.cumsum(probs, axis=-1)
-  u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys_N)
-  token = jnp.sum(cdf <= (u * cdf[:, -1])[:, None], axis=-1)
-  v = logits_NV.shape[-1]
-  last_allowed = v - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)
-  return jnp.minimum(token, last_allowed).astype(jnp.int32)
-
-
 def prompt_keys(rng, batch: int):
   """[B] per-prompt keys from one key (fold_in by index) or a [B] key array."""
   rng = jnp.asarray(rng) if not isinstance(rng, jax.Array) else rng
@@ -100,10 +60,9 @@ def prompt_keys(rng, batch: int):
 
 
 def generate(model: Transformer, prompt_tokens, prompt_mask, *,
-             num_samples: int, max_new_tokens: int, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int = 0, eos_id: int | None,
-             rng, pad_id: int = 0, mesh=None,
-             attention: str = "window") -> SampleOutput:
+             num_samples: int, max_new_tokens: int, eos_id: int | None,
+             rng, pad_id: int = 0, mesh=None, attention: str = "window",
+             **sampling) -> SampleOutput:
   """Draw `num_samples` completions for each left-padded prompt.
 
   Args:
@@ -113,14 +72,14 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
       token is a padding row (its samples are meaningless but harmless).
     num_samples: k completions per prompt.
     max_new_tokens: L.
-    temperature: 0 means greedy.
-    top_p, top_k: nucleus / top-k truncation (1.0 / 0 disable).
     eos_id: stop token; None or negative disables EOS stopping.
     rng: a PRNG key, or a [B] array of per-prompt keys.
     pad_id: token written after EOS.
     mesh: decode on this mesh, each device its block of the prompts (one
       process: B a multiple of the batch shards).
-    attention: decode attention ("window", "full", "ragged").
+    attention: a decode kernel (`engine.kernels.names()`).
+    **sampling: the sampling rule (`engine.draw.Sampling`: temperature, 0
+      = greedy; top_p, top_k: nucleus / top-k truncation, 1.0 / 0 disable).
 
   Returns:
     `SampleOutput` with [B, k, L] tokens / logprobs / mask and [B, k] lengths.
@@ -130,27 +89,24 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
   if prompt_tokens.ndim != 2 or prompt_tokens.shape != prompt_mask.shape:
     raise ValueError(f"generate: prompt_tokens {prompt_tokens.shape} and "
                      f"prompt_mask {prompt_mask.shape} must both be [B, P]")
-  if num_samples < 1 or max_new_tokens < 1:
-    raise ValueError("generate: num_samples and max_new_tokens must be >= 1")
-  if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-    raise ValueError(f"generate: bad sampling settings temperature="
-                     f"{temperature}, top_p={top_p}, top_k={top_k}")
   vocab = model.cfg.vocab_size
   if eos_id is not None and eos_id >= vocab:
     raise ValueError(f"generate: eos_id={eos_id} is outside the vocab ({vocab})")
-  from poly_epo import engine_host  # The engine samples with this module.
+  try:
+    rule = settings.make(num_samples=num_samples,
+                         max_new_tokens=max_new_tokens,
+                         platform=settings.platform_of(mesh), eos_id=eos_id,
+                         pad_id=pad_id, attention=attention, **sampling)
+  except ValueError as e:
+    raise ValueError(f"generate: {e}") from None
   b = prompt_tokens.shape[0]
   graphdef, state = nnx.split(model)
   keys = prompt_keys(rng, b)
   if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
     keys = jax.random.key_data(keys)
-  out = engine_host.run(
-      graphdef, state, np.asarray(prompt_tokens), np.asarray(prompt_mask),
-      np.asarray(keys), mesh=mesh, spec_args=dict(
-          num_samples=num_samples, max_new_tokens=max_new_tokens,
-          temperature=float(temperature), top_k=int(top_k),
-          top_p=float(top_p), eos_id=-1 if eos_id is None else int(eos_id),
-          pad_id=int(pad_id), attention=attention))
+  out = host.run(graphdef, state, np.asarray(prompt_tokens),
+                 np.asarray(prompt_mask), np.asarray(keys), mesh=mesh,
+                 settings=rule)
   return SampleOutput(*(jnp.asarray(x) for x in out[:4]))
 
 

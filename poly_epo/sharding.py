@@ -200,6 +200,19 @@ def constrain_rows(x):
                                                         (x.ndim - 1))))
 
 
+def replicate_auto(x):
+  """`x` whole on every device of the axes still automatic (inside the
+  engine's shard_map over the batch axes: "tensor"). The engine draws each
+  token from whole logits: the inverse-CDF draw over vocabulary-sharded
+  logits makes XLA insert collective-permutes over all devices inside the
+  per-device decode loop, which deadlock on XLA:CPU once batch shards run
+  different numbers of steps; gathering within the tensor group does not."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or all(a in mesh.manual_axes for a in mesh.axis_names):
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*([None] * x.ndim)))
+
+
 def batch_shards(mesh) -> int:
   """How many pieces the batch dimension is split into."""
   return int(np.prod([mesh.shape[a] for a in BATCH]))

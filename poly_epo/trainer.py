@@ -27,6 +27,7 @@ from poly_epo import (checkpointing, compile_cache, config_checks,
                       packing, pretrain, rollout, scoring, set_rl, sharding,
                       step_watch, storage, tasks, update)
 from poly_epo.convert import policy_path
+from poly_epo.engine import settings
 from poly_epo.judges.factory import JudgeWatch, make_judge
 from poly_epo.run_config import check_workdir, identity, resolve_config
 from poly_epo.metrics_writer import MetricsWriter
@@ -80,6 +81,7 @@ class Run:
   key: jax.Array
   block: tuple  # [start, stop) of this process's prompts in every step.
   layout: dict  # update.layout: shared_prefix, on_policy, recompute.
+  rollout: object  # engine.settings.RolloutSettings, resolved once.
 
   def model(self, params):
     return nnx.merge(self.graphdef, params, self.rest)
@@ -98,18 +100,16 @@ def setup(cfg, progress: bool, task, judge, stop=None):
   params_sh = sharding.tree_shardings(params, mesh)
   opt_sh = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh)
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  layout = update.layout(cfg, sharding.batch_shards(mesh))
-  update_fn = update.make_update_fn(
-      graphdef, tx, mesh, params_sh, opt_sh, prompt_len=cfg.max_prompt_tokens,
-      num_minibatches=cfg.num_minibatches,
-      num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
-      logprob_chunk=cfg.model.logprob_chunk, loss_options=loss_options(cfg),
-      **layout)
+  update_fn, layout = update.build(cfg, graphdef, tx, mesh, params_sh,
+                                   opt_sh)
   block = distributed.prompt_blocks(mesh, cfg.prompts_per_step,
                                    cfg.num_samples)[jax.process_index()]
   drop_long_prompts(task, tok, cfg)
+  rollout_settings = settings.from_config(
+      cfg, settings.platform_of(mesh), eos_id=tok.eos_token_id,
+      pad_id=tok.pad_token_id)
   run = Run(cfg, task, judge, mesh, tok, graphdef, rest, update_fn,
-            jax.random.key(cfg.seed), block, layout)
+            jax.random.key(cfg.seed), block, layout, rollout_settings)
   return run, params, opt_state
 
 
@@ -143,18 +143,11 @@ def step_prompts(run: Run, step: int):
 
 def rollout_step(run: Run, params, tokens, mask, step: int, on_done=None):
   """N completions per prompt: NumPy SampleOutput [B_local, N, L]."""
-  cfg = run.cfg
-  r = cfg.rollout
   return rollout.rollout(
       run.graphdef, params, run.rest, tokens, mask,
       np.arange(*run.block), rng=jax.random.fold_in(run.key, step),
-      num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-      eos_id=run.tok.eos_token_id, pad_id=run.tok.pad_token_id,
-      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-      chunk_prompts=r.chunk_prompts, mesh=run.mesh,
-      compute_dtype=cfg.model.dtype, engine=r.engine, slots=r.slots,
-      refill=r.refill, attention=r.attention, on_done=on_done,
-      cache=r.cache, page_size=r.page_size, pages=r.pages, narrow=r.narrow)
+      settings=run.rollout, mesh=run.mesh,
+      compute_dtype=run.cfg.model.dtype, on_done=on_done)
 
 
 def advantages_step(run: Run, rewards, labels, valid, step: int):
@@ -254,7 +247,8 @@ def run_eval(run: Run, params, sets: dict, stop=None,
                              mesh=run.mesh, compute_dtype=cfg.model.dtype,
                              batch_prompts=cfg.rollout.chunk_prompts or 64,
                              stop_check=stop_check(stop, where),
-                             samples_field="config.eval_samples")
+                             samples_field="config.eval_samples",
+                             rollout_options=settings.config_options(cfg))
     out[name] = evaluation.metrics_row(ev, cfg.eval_samples)
   return out
 

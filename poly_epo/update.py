@@ -106,6 +106,53 @@ def layout(cfg, batch_shards: int) -> dict:
               on_policy=on_policy, recompute_old_logprobs=recompute)
 
 
+def build(cfg, graphdef, tx, mesh, params_sharding, opt_sharding, *,
+          num_microbatches: int | None = None, dtype: str | None = None):
+  """The update function a run config trains with: (update_fn, layout).
+  The trainer and the planner both call this, so the planner compiles what
+  the trainer runs (`layout`: packing, shared prefix, on-policy, recompute;
+  the loss settings; the micro-batching). `num_microbatches` / `dtype`:
+  the planner's candidate micro-batching and compute dtype (default: the
+  config's)."""
+  cfg = cfg.copy_and_resolve_references()
+  if num_microbatches is not None:
+    cfg.num_microbatches = num_microbatches
+  if dtype is not None:
+    cfg.model.dtype = dtype
+  lay = layout(cfg, sharding.batch_shards(mesh))
+  fn = make_update_fn(
+      graphdef, tx, mesh, params_sharding, opt_sharding,
+      prompt_len=cfg.max_prompt_tokens, num_minibatches=cfg.num_minibatches,
+      num_microbatches=cfg.num_microbatches, temperature=cfg.temperature,
+      logprob_chunk=cfg.model.logprob_chunk,
+      loss_options=losses.config_options(cfg), **lay)
+  return fn, lay
+
+
+def abstract_batch(cfg, lay: dict, mesh):
+  """ShapeDtypeStructs (batch-sharded) of one step's update batch in the
+  layout `lay` (`layout`): the planner's input. Packed rows are planned at
+  their most (a sequence per row: [S, P + L])."""
+  bp, n = cfg.prompts_per_step, cfg.num_samples
+  p, length = cfg.max_prompt_tokens, cfg.max_new_tokens
+  s, t = bp * n, p + length
+  b = lambda shape, dt: jax.ShapeDtypeStruct(
+      shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
+  if lay["shared_prefix"]:
+    return SharedBatch(
+        b((bp, p), jnp.int32), b((bp, p), jnp.bool_),
+        b((bp, n, length), jnp.int32), b((bp, n, length), jnp.bool_),
+        b((bp, n, length), jnp.float32), b((bp, n), jnp.float32))
+  if lay["packing"]:
+    return PackedBatch(
+        b((s, t), jnp.int32), b((s, t), jnp.int32), b((s, t), jnp.int32),
+        b((s, length), jnp.int32), b((s, length), jnp.bool_),
+        b((s, length), jnp.float32), b((s,), jnp.float32))
+  return RolloutBatch(b((s, t), jnp.int32), b((s, t), jnp.bool_),
+                      b((s, length), jnp.bool_), b((s, length), jnp.float32),
+                      b((s,), jnp.float32))
+
+
 def make_optimizer(lr: float, *, weight_decay: float, grad_clip: float,
                    warmup_steps: int = 0, total_steps: int = 1,
                    schedule: str = "constant") -> optax.GradientTransformation:

@@ -1,4 +1,4 @@
-"""poly_epo.engine_host: `run` drives the device loop segment by segment;
+"""poly_epo.engine.host: `run` drives the device loop segment by segment;
 every prompt is reported to `on_done` once with its final tokens, the
 returned log-probs equal a full forward pass over the sampled tokens (not
 the engine's KV-cache path), the counters agree with the outputs, and a
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from poly_epo import engine_host, sampling, sharding
+from poly_epo import sampling, sharding
+from poly_epo.engine import host, settings
 from poly_epo.models import init_model, preset
 
 EOS, K, L = 2, 3, 20
@@ -29,9 +30,9 @@ def _prompts(b=6, p=5):
   return np.where(mask, tokens, 0), mask
 
 
-def _spec_args(**kw):
-  return dict(num_samples=K, max_new_tokens=L, eos_id=EOS, pad_id=0,
-              engine="continuous", **kw)
+def _settings(**kw):
+  return settings.make(num_samples=K, max_new_tokens=L, eos_id=EOS, pad_id=0,
+                       engine="continuous", **kw)
 
 
 def test_run_reports_each_prompt_once_with_full_forward_logprobs(model):
@@ -40,9 +41,9 @@ def test_run_reports_each_prompt_once_with_full_forward_logprobs(model):
   keys = np.asarray(jax.random.key_data(jax.random.split(jax.random.key(5),
                                                          len(tokens))))
   calls = []
-  out = engine_host.run(
+  out = host.run(
       graphdef, state, tokens, mask, keys, slots=4 * K,
-      spec_args=_spec_args(segment_steps=3, narrow="on"),
+      settings=_settings(segment_steps=3, narrow="on"),
       on_done=lambda i, t, m: calls.append((i, t, m)))
   b = len(tokens)
   assert out.tokens.shape == (b, K, L) and out.mask.shape == (b, K, L)
@@ -75,6 +76,5 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(model):
   graphdef, state = nnx.split(model)
   mesh = sharding.make_mesh(1, 8, 1)
   with pytest.raises(ValueError, match="6 prompts do not split over 8"):
-    engine_host.run(graphdef, state, tokens, mask,
-                    np.zeros((6, 2), np.uint32), mesh=mesh,
-                    spec_args=_spec_args())
+    host.run(graphdef, state, tokens, mask, np.zeros((6, 2), np.uint32),
+             mesh=mesh, settings=_settings())

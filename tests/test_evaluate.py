@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from poly_epo import evaluation, metrics, plot
+from poly_epo import evaluation, metrics, plot, rollout
 from test_trainer import _config, tiny_base
 
 
@@ -17,11 +17,20 @@ def two_policies(tmp_path_factory):
                     seed=seed) for seed in (0, 1)]
 
 
-def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path):
+def test_evaluate_writes_eval_json_and_plots(two_policies, tmp_path,
+                                            monkeypatch, capsys):
   cfg = _config(workdir=str(tmp_path / "w"), base_policy=two_policies[0])
+  cfg.top_k, cfg.rollout.engine = 5, "continuous"
+  seen = []  # The run's sampling and rollout settings reach the engine.
+  real = rollout.rollout
+  monkeypatch.setattr(rollout, "rollout", lambda *a, **k: (
+      seen.append(k["settings"]), real(*a, **k))[1])
   res = evaluation.evaluate_policies(
       cfg, ["base", two_policies[1]], samples=8, prompts=5,
-      out=str(tmp_path / "ev"), progress=False)
+      out=str(tmp_path / "ev"), progress=True)
+  assert seen and all(s.sampling.top_k == 5 and s.engine == "continuous"
+                      for s in seen)
+  assert "evaluation rollouts: the run config's" in capsys.readouterr().out
   data = json.load(open(tmp_path / "ev" / "eval.json"))
   assert data["samples"] == 8 and data["prompts"] == 5
   assert list(data["policies"]) == list(res["policies"]) == [
@@ -118,7 +127,7 @@ def test_evaluations_split_into_rollouts_that_fit_and_refuse_what_cannot(
   chunks = []
   real = rollout.rollout
   monkeypatch.setattr(rollout, "rollout", lambda *a, **k: (
-      chunks.append(k["chunk_prompts"]), real(*a, **k))[1])
+      chunks.append(k["settings"].chunk_prompts), real(*a, **k))[1])
   split = evaluation.sample_and_score(model, tok, task, prompts, **kw)
   assert chunks == [2]
   for k in ("rewards", "labels"):

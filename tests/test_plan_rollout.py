@@ -2,12 +2,14 @@
 decode steps as the engine really runs for the same response lengths; the
 length spreads are what they say."""
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from poly_epo import engine, plan_rollout, rollout
+from engine_helpers import run_rollout
+from poly_epo import plan_rollout
+from poly_epo.engine import settings
+from poly_epo.engine.spec import plan_spec
 from poly_epo.models import init_model, preset
 
 
@@ -19,17 +21,16 @@ def test_replay_takes_the_engines_decode_steps(engine_name, slots, refill):
   b, k, p, length, chunk = 8, 3, 5, 20, 4
   tokens = np.random.RandomState(0).randint(3, 8, (b, p))
   stats = {}
-  out = rollout.rollout(graphdef, params, rest, tokens, np.ones((b, p), bool),
-                        np.arange(b), rng=jax.random.key(3), num_samples=k,
-                        max_new_tokens=length, eos_id=2, pad_id=0,
-                        chunk_prompts=chunk, engine=engine_name, slots=slots,
-                        refill=refill, stats=stats)
-  common = dict(prompt_width=p, num_samples=k, max_new_tokens=length,
-                eos_id=2)
-  specs = {"static": engine.plan_spec(batch_dev=chunk, **common),
-           "continuous": engine.plan_spec(
-               batch_dev=b, engine="continuous", slots_dev=slots or chunk * k,
-               refill=refill, **common),
+  out = run_rollout((graphdef, params, rest), tokens, np.ones((b, p), bool),
+                    seed=3, num_samples=k, max_new_tokens=length, eos_id=2,
+                    pad_id=0, chunk_prompts=chunk, engine=engine_name,
+                    slots=slots, refill=refill, stats=stats)
+  common = settings.make(num_samples=k, max_new_tokens=length, eos_id=2,
+                         refill=refill)
+  specs = {"static": plan_spec(common, batch_dev=chunk, prompt_width=p),
+           "continuous": plan_spec(
+               common.replace(engine="continuous"), batch_dev=b,
+               prompt_width=p, slots_dev=slots or chunk * k),
            "chunk_dev": chunk}
   one = {"estimated_seconds": 1.0, "bytes_accessed": 1.0}
   got = plan_rollout._device_schedules(
@@ -49,11 +50,10 @@ def test_paged_replay_takes_the_engines_decode_steps(slots, pages, page):
   b, k, p, length = 8, 3, 5, 20
   tokens = np.random.RandomState(0).randint(3, 8, (b, p))
   stats = {}
-  out = rollout.rollout(graphdef, params, rest, tokens, np.ones((b, p), bool),
-                        np.arange(b), rng=jax.random.key(3), num_samples=k,
-                        max_new_tokens=length, eos_id=2, pad_id=0,
-                        engine="continuous", slots=slots, cache="paged",
-                        pages=pages, page_size=page, stats=stats)
+  out = run_rollout((graphdef, params, rest), tokens, np.ones((b, p), bool),
+                    seed=3, num_samples=k, max_new_tokens=length, eos_id=2,
+                    pad_id=0, engine="continuous", slots=slots, cache="paged",
+                    pages=pages, page_size=page, stats=stats)
   assert stats["pages_peak"] > pages - 2 * k * (-(-(p + length) // page))
   steps = sum(len(fills) > 0 for fills, _ in plan_rollout._replay(
       out.lengths, p, k, slots, 1, (pages, page), length))

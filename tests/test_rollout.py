@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from engine_helpers import run_rollout
 from poly_epo import rollout, sampling, sharding
 from poly_epo.models import init_model, preset
 
@@ -32,10 +33,9 @@ def _run(policy, chunk, mesh=None, **kw):
   tokens, mask = _prompts()
   if mesh is not None:
     params = jax.device_put(params, sharding.tree_shardings(params, mesh))
-  return rollout.rollout(graphdef, params, rest, tokens, mask,
-                         np.arange(len(tokens)), rng=jax.random.key(5),
-                         num_samples=3, max_new_tokens=9, eos_id=2, pad_id=0,
-                         chunk_prompts=chunk, mesh=mesh, **kw)
+  return run_rollout((graphdef, params, rest), tokens, mask, mesh=mesh,
+                     seed=5, num_samples=3, max_new_tokens=9, eos_id=2,
+                     pad_id=0, chunk_prompts=chunk, **kw)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 5])

@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo import rollout
+from poly_epo.engine import kernels, settings
 from poly_epo.bench.device import card_figures, timed
 from poly_epo.models import init_model, preset
 
@@ -66,7 +67,8 @@ def _parse(argv):
                   help="static chunk in prompts; continuous slots = chunk x k")
   ap.add_argument("--refill", type=int, default=1)
   ap.add_argument("--attention", default="window",
-                  choices=("window", "full", "ragged", "pallas"),
+                  choices=[n for n in kernels.names()
+                           if "contiguous" in kernels.get(n).runs],
                   help="decode attention of the static and continuous runs")
   ap.add_argument("--kernel", action="store_true",
                   help="also run continuous with the Pallas GPU kernel")
@@ -108,9 +110,9 @@ def _run(args, policy, tokens, mask, **kw):
     stats.clear()
     out = rollout.rollout(
         graphdef, params, rest, tokens, mask, np.arange(len(tokens)),
-        rng=jax.random.key(0), num_samples=args.samples,
-        max_new_tokens=args.new_tokens, eos_id=EOS, pad_id=0,
-        forced_lengths=args.lengths, stats=stats, **kw)
+        rng=jax.random.key(0), stats=stats, settings=settings.make(
+            num_samples=args.samples, max_new_tokens=args.new_tokens,
+            eos_id=EOS, pad_id=0, forced_lengths=args.lengths, **kw))
     return out
 
   first, wall, out = timed(once, args.repeats)
@@ -154,10 +156,11 @@ def bench(args) -> dict:
     extra["continuous_pallas"]["max_abs_logprob_diff"] = float(
         np.abs(np.where(ref.mask, kern.logprobs - ref.logprobs, 0)).max())
   if args.paged:
-    from poly_epo import engine
-    spec = engine.plan_spec(batch_dev=1, prompt_width=args.prompt_len,
-                            num_samples=k, max_new_tokens=args.new_tokens,
-                            cache="paged", page_size=args.page_size)
+    from poly_epo.engine.spec import plan_spec
+    spec = plan_spec(settings.make(num_samples=k, cache="paged",
+                                   max_new_tokens=args.new_tokens,
+                                   page_size=args.page_size),
+                     batch_dev=1, prompt_width=args.prompt_len)
     block, per_row = spec.page, spec.cache_len // spec.page
     pg, extra["continuous_paged"] = _run(
         args, policy, tokens, mask, engine="continuous",

@@ -22,8 +22,7 @@ import numpy as np
 from flax import nnx
 
 from poly_epo.models.config import ModelConfig
-from poly_epo.models import paged
-from poly_epo.models.decode_attention import attend_filled
+from poly_epo.engine import kernels, pool
 from poly_epo.sharding import constrain_rows
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
@@ -251,11 +250,12 @@ class Attention(nnx.Module):
 
   def decode(self, x_N1D, cos_N1H, sin_N1H, k_NKHC, v_NKCH, slot_N, *,
              impl: str, block: int, window=None, keys_ch: bool = False,
-             table_NM=None):
+             table_NM=None, platform: str = "cpu"):
     """One new token per row, written at its own slot `slot_N`; attends to
-    slots [0, slot_N]. The caches may hold more rows than x (rows past N
-    are left alone). Returns (out [N, 1, D], k_NKHC, v_NKCH). With page
-    tables `table_NM` the caches are page pools (`models/paged.py`)."""
+    slots [0, slot_N] with the decode kernel `impl` (`engine.kernels`).
+    The caches may hold more rows than x (rows past N are left alone).
+    Returns (out [N, 1, D], k_NKHC, v_NKCH). With page tables `table_NM`
+    the caches are page pools (`engine/pool.py`)."""
     cfg = self.cfg
     n_rows = x_N1D.shape[0]
     kh, h = cfg.num_kv_heads, cfg.head_dim
@@ -266,25 +266,25 @@ class Attention(nnx.Module):
     # negative number (a NaN key would survive it).
     finite = lambda x: jnp.nan_to_num(x, posinf=0.0, neginf=0.0)
     if table_NM is not None:
-      k_NKHC = paged.write_token(k_NKHC, finite(k[:, 0]), table_NM, slot_N)
-      v_NKCH = paged.write_token(v_NKCH, finite(v[:, 0]), table_NM, slot_N)
-      out = paged.attend(q[:, 0].reshape(n_rows, kh, -1, h), k_NKHC, v_NKCH,
-                         table_NM, slot_N + 1, impl=impl, window=window)
-      return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
-    if keys_ch:  # Keys stored like values, [N, K, C, H].
-      k_NKHC = k_NKHC.at[rows, :, slot_N, :].set(
-          finite(k[:, 0]).astype(k_NKHC.dtype))
+      k_NKHC = pool.write_token(k_NKHC, finite(k[:, 0]), table_NM, slot_N)
+      v_NKCH = pool.write_token(v_NKCH, finite(v[:, 0]), table_NM, slot_N)
+      k_read, v_read = k_NKHC, v_NKCH
     else:
-      k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(
-          finite(k[:, 0]).astype(k_NKHC.dtype))
-    v_new = finite(v[:, 0])
-    v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(v_new.astype(v_NKCH.dtype))
-    q = q[:, 0].reshape(n_rows, kh, -1, h)
-    # Fewer rows than cache rows: the engine's narrowed steps decode the
-    # first n_rows slots only.
-    out = attend_filled(q, k_NKHC[:n_rows], v_NKCH[:n_rows], slot_N + 1,
-                        impl=impl, block=block, window=window,
-                        keys_ch=keys_ch)
+      if keys_ch:  # Keys stored like values, [N, K, C, H].
+        k_NKHC = k_NKHC.at[rows, :, slot_N, :].set(
+            finite(k[:, 0]).astype(k_NKHC.dtype))
+      else:
+        k_NKHC = k_NKHC.at[rows, :, :, slot_N].set(
+            finite(k[:, 0]).astype(k_NKHC.dtype))
+      v_NKCH = v_NKCH.at[rows, :, slot_N, :].set(
+          finite(v[:, 0]).astype(v_NKCH.dtype))
+      # Fewer rows than cache rows: the engine's narrowed steps decode the
+      # first n_rows slots only.
+      k_read, v_read = k_NKHC[:n_rows], v_NKCH[:n_rows]
+    out = kernels.attend(impl, q[:, 0].reshape(n_rows, kh, -1, h), k_read,
+                         v_read, slot_N + 1, block=block, window=window,
+                         keys_ch=keys_ch, table_NM=table_NM,
+                         platform=platform)
     return self._out(out.reshape(n_rows, 1, -1)), k_NKHC, v_NKCH
 
 
@@ -439,7 +439,7 @@ class Transformer(nnx.Module):
 
   def decode(self, token_N, k_caches, v_caches, slot_N, rope_table, *,
              impl: str = "window", block: int = 128, window=None,
-             keys_ch: bool = False, table_NM=None):
+             keys_ch: bool = False, table_NM=None, platform: str = "cpu"):
     """One decode step of the rollout engine (rows packed from slot 0).
 
     Args:
@@ -448,9 +448,10 @@ class Transformer(nnx.Module):
       k_caches / v_caches: per-layer [S, K, H, C] ([S, K, C, H] with
         `keys_ch`) / [S, K, C, H], S >= N: token n is row n's.
       rope_table: `rope_table(cfg, C)`.
-      impl, block, window, keys_ch: `decode_attention.attend_filled`.
+      impl, block, window, keys_ch, platform: the decode kernel's
+        (`engine.kernels`; `platform`: the devices compiled for).
       table_NM: page tables when the caches are page pools
-        ([K, NP + 1, page, H] per layer; `models/paged.py`).
+        ([K, NP + 1, page, H] per layer; `engine/pool.py`).
 
     Returns:
       (logits [N, V] float32, k_caches, v_caches).
@@ -463,7 +464,8 @@ class Transformer(nnx.Module):
     for i, layer in enumerate(self.layers):
       x, k, v = layer.decode(x, cos, sin, k_caches[i], v_caches[i], slot_N,
                              impl=impl, block=block, window=window,
-                             keys_ch=keys_ch, table_NM=table_NM)
+                             keys_ch=keys_ch, table_NM=table_NM,
+                             platform=platform)
       new_k.append(k)
       new_v.append(v)
     logits = self.logits(self.final_norm(x))[:, 0]

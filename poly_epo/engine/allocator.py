@@ -1,58 +1,30 @@
-"""A paged KV cache for the rollout engine (`rollout.cache="paged"`): memory
-follows each row's own length, and a prompt's k samples share its prompt.
+"""The paged cache's allocation policy (`rollout.cache="paged"`), in JAX,
+run inside the engine's decode loop: which prompts are admitted, which
+rows get a page this step, which wait. Its NumPy twin for the planner's
+replay is `allocator_host.py`, tested against this step by step.
 
-Shape letters: N rows (decode slots), K kv heads, G query heads per kv
-head, H head dim, M pages per row (the longest row / page), NP pages in the
-pool.
+Shape letters: S slots (rows of the device), B candidate prompts, M pages
+per row, NP pages in the pool (`engine/pool.py`; page NP is the dump page,
+never handed out).
 
-Layout, per layer and device: a pool of pages `[K, NP + 1, page, H]` for
-keys and one for values (kv-head-major: the layout of JAX's Pallas TPU
-paged-attention kernel). Page NP is the dump page: writes of free slots go
-there and it is never handed out. A row's page table `table_NM` lists its
-pages in order (entry m holds the row's slots [m * page, (m + 1) * page));
-a free slot's entries are all the dump page.
-
-Allocation. A prompt is admitted (`admit`) with its full prompt pages,
-held once for its k samples (reference counted), and each sample's
-partial prompt page (its response continues it); the rest of a sample's
-pages are handed out one at a time as it grows (`grant`), so memory
-follows the tokens actually decoded. The pool may be smaller than every
-row's longest: admissions and grants follow the banker's algorithm
-(`safe`: each row's claim is its pages up to plen + L), so a grant that
-could leave the rows unable to finish waits, no row ever waits forever,
-and nothing is recomputed. `refs_P` [NP + 1] counts the rows holding each
-page (0 = free; the dump page's count is never touched); a sample's pages
-return as it ends. What paging buys: no prompt padding, one copy of a
-prompt's KV for its k samples, and pages only for the tokens decoded, so
-more slots in the same memory (the pool is `rollout.pages`).
-
-Attention (`attend`): "window" gathers every row's first pages up to the
-longest fill (power-of-two buckets, like the contiguous window) into the
-contiguous layout and runs the same softmax (`decode_attention.dense`), so
-its outputs are the contiguous cache's bit for bit on XLA:CPU; "full"
-gathers all M pages; "tpu_paged" is JAX's Pallas TPU kernel
-(`jax.experimental.pallas.ops.tpu.paged_attention`): each row reads only
-its own filled pages, straight from the pool. On CPU the kernel runs in
-Pallas's TPU interpret mode (tests; it rounds matmul inputs to bfloat16
-like a TPU's default precision); GPU is refused.
+A prompt is admitted (`admit`) with its full prompt pages, held once for
+its k samples (reference counted), and each sample's partial prompt page
+(its response continues it); the rest of a sample's pages are handed out
+one at a time as it grows (`grant`), so memory follows the tokens actually
+decoded. The pool may be smaller than every row's longest: admissions and
+grants follow the banker's algorithm (`safe`: each row's claim is its
+pages up to plen + L), so a grant that could leave the rows unable to
+finish waits, no row ever waits forever, and nothing is recomputed. The
+oldest rows' claims are kept whole (`reserved`), so a short pool runs rows
+to the end instead of all of them half way. `refs_P` [NP + 1] counts the
+rows holding each page (0 = free; the dump page's count is never touched);
+a sample's pages return as it ends (`hold(..., -1)`).
 """
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
-
-from poly_epo.models.decode_attention import buckets, dense
-
-IMPLEMENTATIONS = ("window", "full", "tpu_paged")
-
-
-def pool_shape(cfg, pages: int, page: int) -> tuple:
-  """One layer's key (or value) pool: `pages` pages plus the dump page."""
-  return (cfg.num_kv_heads, pages + 1, page, cfg.head_dim)
 
 
 def row_pages(plen, max_new_tokens: int, page: int):
@@ -262,136 +234,3 @@ def grant(refs_P, table_SM, claim_S, held_S, live_S, slot_S, page: int,
       (refs_P, table_SM, claim_S, held_S, jnp.zeros((n,), bool),
        free_pages(refs_P) - keep))
   return out[:5]
-
-
-def write_prompt(pool, prefill_NKPH, table_NM):
-  """Each row's prefill (values layout [N, K, P, H], slots from 0) into its
-  pages; shared pages get identical data from every sample."""
-  n, kh, p, h = prefill_NKPH.shape
-  page = pool.shape[2]
-  q = -(-p // page)
-  if q > table_NM.shape[1]:
-    raise ValueError(f"paged cache: a {p}-token prompt needs {q} pages, "
-                     f"rows hold {table_NM.shape[1]}")
-  x = jnp.pad(prefill_NKPH, ((0, 0), (0, 0), (0, q * page - p), (0, 0)))
-  x = jnp.swapaxes(x.reshape(n, kh, q, page, h), 0, 1)
-  return pool.at[:, table_NM[:, :q].ravel()].set(
-      x.reshape(kh, n * q, page, h).astype(pool.dtype))
-
-
-def write_token(pool, new_NKH, table_NM, slot_N):
-  """One new key (or value) per row at its slot `slot_N`."""
-  page = pool.shape[2]
-  rows = jnp.arange(table_NM.shape[0])
-  where = table_NM[rows, slot_N // page]
-  return pool.at[:, where, slot_N % page, :].set(
-      jnp.swapaxes(new_NKH, 0, 1).astype(pool.dtype))
-
-
-def gather(pool, table_NM, pages: int):
-  """Rows' first `pages` pages in the contiguous layout [N, K, W, H]."""
-  kh, _, page, h = pool.shape
-  n = table_NM.shape[0]
-  x = pool[:, table_NM[:, :pages]]  # [K, N, pages, page, H]
-  return jnp.swapaxes(x, 0, 1).reshape(n, kh, pages * page, h)
-
-
-def _divisor(m: int, most: int = 8) -> int:
-  return max(d for d in range(1, min(m, most) + 1) if m % d == 0)
-
-
-def _tpu_kernel(q_NKGH, k_pool, v_pool, table_NM, length_N,
-                interpret: bool):
-  """The Pallas TPU kernel on each device's kv heads; `interpret`: Pallas's
-  TPU interpreter (CPU)."""
-  from jax.experimental.pallas import tpu as pltpu
-  from jax.experimental.pallas.ops.tpu.paged_attention import (
-      paged_attention)
-  n, kh, g, h = q_NKGH.shape
-  q = (q_NKGH.astype(jnp.float32) * h**-0.5).astype(q_NKGH.dtype)
-
-  def kernel(*args):
-    call = functools.partial(paged_attention, *args,
-                             pages_per_compute_block=_divisor(
-                                 table_NM.shape[1]))
-    if not interpret:
-      return call()
-    with pltpu.force_tpu_interpret_mode():
-      return call()
-
-  args = (q.reshape(n, kh * g, h), k_pool, v_pool,
-          length_N.astype(jnp.int32), table_NM)
-  mesh = jax.sharding.get_abstract_mesh()
-  auto = () if mesh.empty else tuple(
-      a for a in mesh.axis_names if a not in mesh.manual_axes)
-  if auto:  # A kernel is not partitioned automatically: each device runs it
-    # on its kv heads (split over "tensor", as the sampler's weights are).
-    heads = "tensor" if "tensor" in auto else None
-    kernel = jax.shard_map(
-        kernel, in_specs=(P(None, heads), P(heads), P(heads), P(), P()),
-        out_specs=P(None, heads), axis_names=frozenset(auto),
-        check_vma=False)
-  return kernel(*args).reshape(n, kh, g, h).astype(q_NKGH.dtype)
-
-
-def resolve(impl: str, platform: str) -> str:
-  """The implementation a paged cache runs on `platform` (the devices the
-  program is compiled for): "auto" is the kernel on TPU, else "window";
-  the kernel runs interpreted on CPU ("tpu_paged_interpret")."""
-  if impl == "auto":
-    impl = "tpu_paged" if platform == "tpu" else "window"
-  if impl not in IMPLEMENTATIONS:
-    raise ValueError(f"rollout.attention={impl!r} with rollout.cache="
-                     f"'paged' must be one of {IMPLEMENTATIONS} or 'auto'")
-  if impl == "window" and platform == "tpu":
-    # Found compiling for v5p (libtpu of JAX 0.10.2): the gathered window
-    # under lax.switch aborts the TPU compiler (a memory-space assignment
-    # check); the kernel is what TPU should run anyway.
-    raise ValueError("rollout.attention='window' over rollout.cache="
-                     "'paged' does not compile for TPU: use 'tpu_paged' "
-                     "(or 'auto'), or 'full'")
-  if impl == "tpu_paged" and platform != "tpu":
-    if platform != "cpu":
-      raise ValueError(f"rollout.attention='tpu_paged' is the Pallas TPU "
-                       f"kernel; on {platform} use 'window'")
-    impl = "tpu_paged_interpret"
-  return impl
-
-
-def attend(q_NKGH, k_pool, v_pool, table_NM, length_N, *,
-           impl: str = "window", window: int | None = None):
-  """Softmax attention of each row's query over its slots [0, length_N).
-
-  Args:
-    q_NKGH: the new token's queries.
-    k_pool, v_pool: [K, NP + 1, page, H] pools.
-    table_NM: int32 page tables; length_N: int32 filled slots (>= 1).
-    impl: "window" | "full" | "tpu_paged" (module docstring) |
-      "tpu_paged_interpret" (the kernel interpreted) | "auto": as
-      `resolve` on the default backend.
-    window: a static number of slots to read (cost models; "window").
-  """
-  if impl == "auto":
-    impl = resolve(impl, jax.default_backend())
-  if impl not in IMPLEMENTATIONS + ("tpu_paged_interpret",):
-    raise ValueError(f"rollout.attention={impl!r} with rollout.cache="
-                     f"'paged' must be one of {IMPLEMENTATIONS} or 'auto'")
-  page, m = k_pool.shape[2], table_NM.shape[1]
-  if impl.startswith("tpu_paged"):
-    return _tpu_kernel(q_NKGH, k_pool, v_pool, table_NM, length_N,
-                       interpret=impl != "tpu_paged")
-
-  def over(pages, q, kp, vp, table, length):
-    return dense(q, gather(kp, table, pages), gather(vp, table, pages),
-                 length, pages * page, True)
-
-  args = (q_NKGH, k_pool, v_pool, table_NM, length_N)
-  if impl == "full":
-    return over(m, *args)
-  if window is not None:
-    return over(min(-(-int(window) // page), m), *args)
-  sizes = buckets(m * page, page)
-  need = (jnp.max(length_N) + page - 1) // page
-  index = jnp.sum(jnp.asarray(sizes[:-1]) < need)
-  return jax.lax.switch(index, [functools.partial(over, nb) for nb in sizes],
-                        *args)

@@ -1,8 +1,8 @@
-"""The rollout engine: decode slots, each row packed from slot 0, refilled on
+"""The engine's device loop: decode slots, each row packed from slot 0, refilled on
 device from a queue of prompts.
 
 Layout. A device holds S decode slots; slot s owns a cache row of C slots
-(`k [S, K, H, C]`, `v [S, K, C, H]` per layer) holding one sequence packed
+(`k [S, K, C, H]`, `v [S, K, C, H]` per layer; `layouts.py`) holding one sequence packed
 from slot 0: its prompt (no padding before it) and then its response. Row
 r = b * k + j (prompt b, sample j) is decoded in whichever slot is free.
 
@@ -21,13 +21,13 @@ those (halving again as rows end), since on CPU every decoded slot costs.
 Same tokens, whatever the schedule: the t-th token of sample j of prompt b
 is drawn with `fold_in(fold_in(prompt_key_b, j), t)` from logits that depend
 only on that row's tokens (decode attention is exact under any window:
-`models/decode_attention.py`). Slot counts, refill sizes, chunking and
-process counts therefore change no token (tests/test_engine.py).
+`kernels/dense.py`). Slot counts, refill sizes, chunking and
+process counts therefore change no token (tests/test_engine_loop.py).
 
 Cache. `cache="contiguous"`: the layout above. `cache="paged"`: per layer
 a pool of pages shared by the device's slots, a page table per slot, a
 prompt's full pages held once for its k samples, pages handed out when a
-prompt is admitted and returned as each sample ends (`models/paged.py`);
+prompt is admitted and returned as each sample ends (`layouts.Paged`, `allocator.py`);
 a refill waits for free pages as it waits for free slots. Same tokens.
 
 On a mesh each device runs its own loop (`shard_map` over the batch axes)
@@ -35,7 +35,7 @@ over its block of prompts and slots, with the sampler's weights replicated
 over those axes: no collective over data/fsdp runs while decoding.
 
 The host side (segments, `on_done`, this process's rows, the counters) is
-`engine_host.run`.
+`host.run`.
 """
 
 from __future__ import annotations
@@ -50,18 +50,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from poly_epo import sharding
-from poly_epo.engine_spec import (CACHES, ENGINES, NARROW, Spec,
-                                  default_block, default_keys_ch, plan_spec,
-                                  platform_of, resolve_cache)
-from poly_epo.models import paged
+from poly_epo.engine.draw import draw
+from poly_epo.engine.layouts import PageState, layout_of
+from poly_epo.engine.spec import Spec
 from poly_epo.models.transformer import init_cache, rope_table
-from poly_epo.sampling import sample_tokens
 
-__all__ = [  # The settings (engine_spec.py) are re-exported.
-    "CACHES", "ENGINES", "NARROW", "Spec", "default_block", "default_keys_ch",
-    "plan_spec", "platform_of", "resolve_cache", "Consts", "State",
-    "pack_prompts", "init_state", "forced_length", "insert",
-    "decode_step", "begin", "segment", "insert_program", "step_program"]
 
 class Consts(NamedTuple):
   """A device's prompt queue: prompts_BP packed from slot 0 (int32 [B, P]),
@@ -75,9 +68,9 @@ class Consts(NamedTuple):
 class State(NamedTuple):
   """Carry of the decode loop on one device (S slots, B prompts, k samples,
   R = B * k rows, L new tokens). Scalars are [1] arrays (one per device)."""
-  k: tuple  # per layer [S, K, H, C] ([S, K, C, H] with spec.keys_ch;
-  #            paged: a pool [K, NP + 1, page, H])
-  v: tuple  # per layer [S, K, C, H] (paged: a pool)
+  k: tuple  # per layer: the layout's keys (`layouts.py`)
+  v: tuple  # per layer: the layout's values
+  pages: PageState | None  # the paged layout's tables and counts
   row_S: jax.Array  # int32 row decoded in the slot, -1 = free
   t_S: jax.Array  # int32 index of the next token to sample
   token_S: jax.Array  # int32 last sampled token (written at slot plen + t-1)
@@ -91,12 +84,6 @@ class State(NamedTuple):
   logprobs_RL: jax.Array  # float32 [R + 1, L]
   length_R: jax.Array  # int32 [R + 1] tokens so far (EOS included)
   finished_B: jax.Array  # int32 samples finished per prompt
-  table_SM: jax.Array  # int32 [S, M] page tables (contiguous: [S, 1] unused)
-  refs_P: jax.Array  # int32 [NP + 1] rows holding each page (contiguous: [1])
-  claim_S: jax.Array  # int32 pages the row may still need (paged)
-  held_S: jax.Array  # int32 own pages the row holds (paged)
-  peak_1: jax.Array  # int32 most pages held at once
-  waits_1: jax.Array  # int32 row-steps spent waiting for a page
 
 
 def pack_prompts(tokens_BP, mask_BP):
@@ -116,51 +103,22 @@ def init_state(cfg, spec: Spec, batch: int) -> State:
   s, length = spec.slots, spec.max_new_tokens
   rows = batch * spec.num_samples
   zi = lambda n: jnp.zeros((n,), jnp.int32)
-  if spec.page:
-    pool = lambda: tuple(
-        jnp.zeros(paged.pool_shape(cfg, spec.pages, spec.page), cfg.dtype)
-        for _ in range(cfg.num_layers))
-    k, v = pool(), pool()
-    table = jnp.full((s, spec.cache_len // spec.page), spec.pages, jnp.int32)
-    refs = zi(spec.pages + 1)
-  else:
-    cache = init_cache(cfg, s, spec.cache_len)
-    k = tuple(jnp.swapaxes(x, 2, 3) for x in cache.k) if spec.keys_ch \
-        else cache.k
-    v, table, refs = cache.v, jnp.zeros((s, 1), jnp.int32), zi(1)
+  k, v, pages = layout_of(spec).init(cfg, spec)
   return State(
-      k=k, v=v, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
+      k=k, v=v, pages=pages, row_S=jnp.full((s,), -1, jnp.int32), t_S=zi(s),
       token_S=zi(s), key_S=jnp.zeros((s, 2), jnp.uint32), plen_S=zi(s),
       next_1=zi(1), steps_1=zi(1), busy_1=zi(1), rows_1=zi(1),
       tokens_RL=jnp.full((rows + 1, length), spec.pad_id, jnp.int32),
       logprobs_RL=jnp.zeros((rows + 1, length), jnp.float32),
-      length_R=zi(rows + 1), finished_B=zi(batch), table_SM=table,
-      refs_P=refs, claim_S=zi(s), held_S=zi(s), peak_1=zi(1),
-      waits_1=zi(1))
-
-
-def forced_length(key_data_N2, max_new_tokens: int, spread: str):
-  """A row's response length as a hash of its key (benchmarks): "uniform"
-  on [max(1, L // 20), L]; "capped": 30% at L, the rest uniform below."""
-  u = jax.vmap(lambda kd: jax.random.uniform(jax.random.fold_in(
-      jax.random.wrap_key_data(kd), 2**31 - 1), (2,)))(key_data_N2)
-  lo = max(1, max_new_tokens // 20)
-  length = lo + jnp.floor(u[:, 0] * (max_new_tokens - lo + 1))
-  if spread == "capped":
-    below = lo + jnp.floor(u[:, 0] * (max_new_tokens - lo))
-    length = jnp.where(u[:, 1] < 0.3, max_new_tokens, below)
-  return jnp.minimum(length, max_new_tokens).astype(jnp.int32)
+      length_R=zi(rows + 1), finished_B=zi(batch))
 
 
 def _sample(spec: Spec, logits_NV, key_data_N2, t_N):
-  if spec.forced_lengths:  # EOS exactly at the hashed length, never before.
-    end = forced_length(key_data_N2, spec.max_new_tokens, spec.forced_lengths)
-    eos = jnp.where(t_N + 1 == end, 1e9, -1e9)
-    logits_NV = logits_NV.at[:, spec.eos_id].set(eos)
-  keys = jax.vmap(lambda kd, t: jax.random.fold_in(
-      jax.random.wrap_key_data(kd), t))(key_data_N2, t_N)
-  return sample_tokens(logits_NV, keys, temperature=spec.temperature,
-                       top_k=spec.top_k, top_p=spec.top_p)
+  s = spec.settings
+  logits_NV = sharding.replicate_auto(logits_NV)  # No collective in the draw.
+  return draw(s.sampling, logits_NV, key_data_N2, t_N, eos_id=s.eos_id,
+              max_new_tokens=s.max_new_tokens,
+              forced_lengths=s.forced_lengths)
 
 
 def _write(st: State, row_N, t_N, token_N, logp_N):
@@ -174,7 +132,7 @@ def _write(st: State, row_N, t_N, token_N, logp_N):
 
 
 def _finish(st: State, spec: Spec, row_N, done_N):
-  """Count finished rows per prompt and free their slots' rows."""
+  """Count finished rows per prompt."""
   k = spec.num_samples
   b = jnp.where(done_N & (row_N >= 0), row_N // k, st.finished_B.shape[0])
   return st._replace(finished_B=st.finished_B.at[b].add(1, mode="drop"))
@@ -183,12 +141,6 @@ def _finish(st: State, spec: Spec, row_N, done_N):
 def _ends(spec: Spec, token_N, t_N):
   eos = (token_N == spec.eos_id) if spec.eos_id >= 0 else False
   return eos | (t_N + 1 >= spec.max_new_tokens)
-
-
-def _note_peak(st: State, spec: Spec) -> State:
-  """Record the most pages held at once (paged)."""
-  return st._replace(peak_1=jnp.maximum(
-      st.peak_1, spec.pages - paged.free_pages(st.refs_P)))
 
 
 def _free_slots(st: State, n: int):
@@ -200,26 +152,20 @@ def _free_slots(st: State, n: int):
 def insert(model, st: State, c: Consts, spec: Spec, count: int,
            rope) -> State:
   """Prefill the next `count` prompts of the queue once and put their k
-  samples into the first free slots (the caller checks there is room).
-  `rope`: `rope_table(cfg, spec.cache_len)`, built once per program."""
+  samples into the first free slots (the caller checks there is room; the
+  layout may admit only a prefix of them). `rope`: `rope_table(cfg,
+  spec.cache_len)`, built once per program."""
   k, batch = spec.num_samples, c.plen_B.shape[0]
+  layout = layout_of(spec)
   first = st.next_1[0]
   idx_R = first + jnp.arange(count)
   ok_R = idx_R < batch
   safe = jnp.minimum(idx_R, batch - 1)
   toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
   free_first = _free_slots(st, count * k)
-  taken_R = ok_R
-  if spec.page:  # Admit a prefix of the prompts, while safe (paged.admit).
-    refs, table_N, taken_R, claim, held = paged.admit(
-        st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, plen,
-        ok_R & (plen > 0), free_first.reshape(count, k),
-        max_new_tokens=spec.max_new_tokens, page=spec.page,
-        pages_per_row=spec.cache_len // spec.page, order_S=st.row_S,
-        reserve=spec.reserve)
-    ok_R = ok_R & taken_R
-    st = _note_peak(st._replace(refs_P=refs, claim_S=claim, held_S=held),
-                    spec)
+  st, taken_R, table_N = layout.admit(st, spec, plen, ok_R,
+                                      free_first.reshape(count, k))
+  ok_R = ok_R & taken_R
   p = toks.shape[1]
   cache = init_cache(model.cfg, count, p)
   mask = jnp.arange(p)[None] < plen[:, None]
@@ -243,25 +189,8 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   put = lambda a, val: a.at[dest].set(val, mode="drop")
   # Finite keys and values only: see `Attention.decode`.
   rep = lambda x: jnp.repeat(jnp.nan_to_num(x, posinf=0.0, neginf=0.0), k, 0)
+  st = layout.write_prompt(st, spec, cache, dest, table_N, done, ok_N, rep)
   moved = jnp.sum(taken_R).astype(jnp.int32)  # Candidates consumed.
-  if spec.page:
-    ended = done[:, None] | ~ok_N[:, None]
-    st = st._replace(
-        k=tuple(paged.write_prompt(a, rep(jnp.swapaxes(b, 2, 3)), table_N)
-                for a, b in zip(st.k, cache.k)),
-        v=tuple(paged.write_prompt(a, rep(b), table_N)
-                for a, b in zip(st.v, cache.v)),
-        refs_P=paged.hold(st.refs_P, table_N, -1, on_N=done & ok_N),
-        table_SM=st.table_SM.at[dest].set(
-            jnp.where(ended, spec.pages, table_N), mode="drop"))
-  else:
-    st = st._replace(
-        k=tuple(a.at[dest, :, :p, :].set(rep(jnp.swapaxes(b, 2, 3)),
-                                         mode="drop") if spec.keys_ch else
-                a.at[dest, :, :, :p].set(rep(b), mode="drop")
-                for a, b in zip(st.k, cache.k)),
-        v=tuple(a.at[dest, :, :p, :].set(rep(b), mode="drop")
-                for a, b in zip(st.v, cache.v)))
   return st._replace(
       row_S=put(st.row_S, jnp.where(done, -1, row_N)),
       t_S=put(st.t_S, t0 + 1), token_S=put(st.token_S, token),
@@ -271,26 +200,22 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
 
 def decode_step(model, st: State, spec: Spec, rope, window=None,
                 width: int = 0) -> State:
-  """Every busy slot decodes one token (`rope` as for `insert`); with the
-  paged cache a row waiting for a page decodes nothing this step. `width`:
-  only the first `width` slots are decoded (the busy ones must be there:
+  """Every busy slot decodes one token (`rope` as for `insert`); a row the
+  layout makes wait (no page yet) decodes nothing this step. `width`: only
+  the first `width` slots are decoded (the busy ones must be there:
   `_compact`); 0 = all."""
   s = spec.slots
   w = width or s
+  layout = layout_of(spec)
   busy = st.row_S >= 0
   slot = jnp.where(busy, st.plen_S + st.t_S - 1, 0)
-  if spec.page:  # Pages for rows entering a new one (paged.grant).
-    refs, table, claim, held, waiting = paged.grant(
-        st.refs_P, st.table_SM, st.claim_S, st.held_S, busy, slot,
-        spec.page, st.row_S, spec.reserve)
-    st = _note_peak(st._replace(refs_P=refs, table_SM=table, claim_S=claim,
-                                held_S=held,
-                                waits_1=st.waits_1 + jnp.sum(waiting)), spec)
-    busy = busy & ~waiting
+  st, busy = layout.grant(st, spec, busy, slot)
+  r = spec.settings
   logits, k, v = model.decode(st.token_S[:w], st.k, st.v, slot[:w], rope,
-                              impl=spec.attention, block=spec.block,
-                              window=window, keys_ch=spec.keys_ch,
-                              table_NM=st.table_SM[:w] if spec.page else None)
+                              impl=r.attention, block=spec.block,
+                              window=window, keys_ch=r.keys_ch,
+                              table_NM=layout.tables(st, w),
+                              platform=r.platform)
   token, logp = _sample(spec, logits, st.key_S[:w], st.t_S[:w])
   if w < s:  # Slots past the width are free: nothing of theirs is kept.
     token, logp = jnp.pad(token, (0, s - w)), jnp.pad(logp, (0, s - w))
@@ -298,10 +223,7 @@ def decode_step(model, st: State, spec: Spec, rope, window=None,
   st = _write(st, row, st.t_S, token, logp)
   done = busy & _ends(spec, token, st.t_S)
   st = _finish(st, spec, st.row_S, done)
-  if spec.page:  # The ended rows' pages go back to the pool.
-    st = st._replace(
-        refs_P=paged.hold(st.refs_P, st.table_SM, -1, on_N=done),
-        table_SM=jnp.where(done[:, None], spec.pages, st.table_SM))
+  st = layout.release(st, spec, done)
   return st._replace(
       k=k, v=v, row_S=jnp.where(done, -1, st.row_S),
       t_S=jnp.where(busy, st.t_S + 1, st.t_S),
@@ -320,22 +242,7 @@ def _compact(st: State, spec: Spec) -> State:
   st = st._replace(
       row_S=take(st.row_S), t_S=take(st.t_S), token_S=take(st.token_S),
       key_S=take(st.key_S), plen_S=take(st.plen_S))
-  if spec.page:  # The pool stays; the slots' page tables move.
-    return st._replace(table_SM=take(st.table_SM), claim_S=take(st.claim_S),
-                       held_S=take(st.held_S))
-  return st._replace(k=tuple(map(take, st.k)), v=tuple(map(take, st.v)))
-
-
-def _admissible(st: State, c: Consts, spec: Spec):
-  """Whether the queue's next prompt would be admitted now (paged): the
-  admission test alone, no page taken."""
-  nxt = jnp.minimum(st.next_1[0], c.plen_B.shape[0] - 1)
-  free = _free_slots(st, spec.num_samples)
-  return paged.admission(
-      st.refs_P, st.claim_S, st.held_S, st.row_S >= 0, c.plen_B[nxt][None],
-      c.plen_B[nxt][None] > 0, free[None],
-      max_new_tokens=spec.max_new_tokens, page=spec.page, order_S=st.row_S,
-      reserve=spec.reserve)[0][0]
+  return layout_of(spec).compact(st, take)
 
 
 def _loop(model, st: State, c: Consts, spec: Spec) -> State:
@@ -367,9 +274,8 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
 
   def body(st):
     if spec.refill:
-      room = jnp.sum(st.row_S < 0) >= k * spec.refill
-      if spec.page:  # And the next prompt can be admitted safely.
-        room &= _admissible(st, c, spec)
+      room = (jnp.sum(st.row_S < 0) >= k * spec.refill) & \
+          layout_of(spec).room(st, c, spec)
       st = jax.lax.cond(queued(st) & room,
                         lambda s: insert(model, s, c, spec, spec.refill,
                                          rope),

@@ -1,4 +1,4 @@
-"""poly_epo.engine: the continuous schedule returns exactly the static
+"""poly_epo.engine.loop: the continuous schedule returns exactly the static
 schedule's tokens (any slot count, refill size, chunking, mesh, over a
 paged cache of any page size or pool, with a narrowing tail); finished
 prompts are reported once, while others decode; counters add up; no
@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from poly_epo import engine, rollout, sharding
+from engine_helpers import run_rollout
+from poly_epo import sharding
+from poly_epo.engine import loop, settings
+from poly_epo.engine.spec import plan_spec
 from poly_epo.models import init_model, preset
 
 EOS = 2
@@ -42,10 +45,9 @@ def _run(policy, mesh=None, **kw):
   tokens, mask = _prompts()
   if mesh is not None:
     params = jax.device_put(params, sharding.tree_shardings(params, mesh))
-  return rollout.rollout(graphdef, params, rest, tokens, mask,
-                         np.arange(len(tokens)), rng=jax.random.key(7),
-                         num_samples=K, max_new_tokens=L, eos_id=EOS,
-                         pad_id=0, **kw)
+  return run_rollout((graphdef, params, rest), tokens, mask, mesh=mesh,
+                     num_samples=K, max_new_tokens=L, eos_id=EOS, pad_id=0,
+                     **kw)
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +226,7 @@ def test_bad_settings_name_the_field(policy):
 def test_pack_prompts_keeps_order_and_lengths():
   tokens = np.array([[0, 0, 5, 6], [7, 8, 9, 1], [0, 0, 0, 0]])
   mask = tokens > 0
-  packed, plen = engine.pack_prompts(tokens, mask)
+  packed, plen = loop.pack_prompts(tokens, mask)
   np.testing.assert_array_equal(plen, [2, 4, 0])
   np.testing.assert_array_equal(packed, [[5, 6, 0, 0], [7, 8, 9, 1],
                                          [0, 0, 0, 0]])
@@ -280,14 +282,14 @@ def _compile_segment(mesh, cfg, **spec_args):
   b, p = 2 * d, 8
   row = lambda shape, dt: jax.ShapeDtypeStruct(
       shape, dt, sharding=sharding.batch_sharding(mesh, len(shape)))
-  c = engine.Consts(row((b, p), np.int32), row((b,), np.int32),
-                    row((b, 2), np.uint32))
-  spec = engine.plan_spec(**{
-      "batch_dev": 2, "prompt_width": p, "num_samples": 2,
-      "max_new_tokens": 16, "engine": "continuous", "slots_dev": 2,
-      "refill": 1, "block": 16, "platform": "tpu", **spec_args})
-  return engine.begin.lower(graphdef, params, c, spec=spec,
-                            mesh=mesh).compile().as_text()
+  c = loop.Consts(row((b, p), np.int32), row((b,), np.int32),
+                  row((b, 2), np.uint32))
+  s = settings.make(**{"num_samples": 2, "max_new_tokens": 16,
+                       "engine": "continuous", "refill": 1, "block": 16,
+                       "platform": "tpu", **spec_args})
+  spec = plan_spec(s, batch_dev=2, prompt_width=p, slots_dev=2)
+  return loop.begin.lower(graphdef, params, c, spec=spec,
+                          mesh=mesh).compile().as_text()
 
 
 def test_no_batch_axis_collective_inside_the_decode_loop_of_a_pod():
@@ -338,3 +340,15 @@ def test_the_paged_kernel_compiles_for_a_pod_without_batch_collectives():
       assert lines == []
     else:
       _assert_within_tensor_pairs(lines)
+
+
+def test_a_cpu_mesh_loop_talks_only_within_tensor_pairs():
+  """Data x fsdp x tensor = 2 x 2 x 2 on CPU: the draw takes whole logits
+  (gathered within the pair), so no collective spans the batch shards,
+  whose loops run different numbers of steps (a collective-permute of the
+  vocabulary-sharded draw over all 8 devices used to deadlock XLA:CPU)."""
+  cfg = preset("tiny", vocab_size=64, num_kv_heads=2, num_heads=4)
+  lines = _loop_collectives(_compile_segment(
+      sharding.make_mesh(2, 2, 2), cfg, platform="cpu"))
+  assert not any("collective-permute" in line for line in lines)
+  _assert_within_tensor_pairs(lines)

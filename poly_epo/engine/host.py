@@ -1,5 +1,5 @@
 """The rollout engine's host side: `run` drives the device programs of
-`engine.py` (`begin`, then `segment` until no device has work left), hands
+`loop.py` (`begin`, then `segment` until no device has work left), hands
 finished prompts to `on_done` between segments while the devices decode the
 next one, and gathers this process's rows and the engine's counters.
 
@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from poly_epo import distributed, sharding
-from poly_epo.engine import (Consts, begin, pack_prompts, plan_spec,
-                             platform_of, segment)
+from poly_epo.engine.loop import Consts, begin, pack_prompts, segment
+from poly_epo.engine.settings import RolloutSettings, platform_of
+from poly_epo.engine.spec import plan_spec
 
 
 class Result(NamedTuple):
@@ -46,8 +47,8 @@ def _rows(mesh, x, shards: int) -> np.ndarray:
 
 
 def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
-        spec_args: dict, slots: int = 0, pages: int = 0, pool_rows: int = 0,
-        mesh=None, on_done=None) -> Result:
+        settings: RolloutSettings, slots: int = 0, pages: int = 0,
+        pool_rows: int = 0, mesh=None, on_done=None) -> Result:
   """Decode this process's prompts with the engine.
 
   Args:
@@ -56,7 +57,8 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     prompt_tokens, prompt_mask: NumPy [B, P] (any padding side); with a mesh
       this process's contiguous block, B a multiple of its devices' share.
     prompt_key_data: uint32 [B, 2] per-prompt key data.
-    spec_args: `plan_spec` keyword arguments except batch / width / slots.
+    settings: the rollout's resolved settings (`engine.settings`), for
+      the mesh's platform.
     slots: decode slots summed over all devices (continuous engine; 0 = as
       many as rows).
     pages: paged cache: pool pages summed over all devices (0: the memory
@@ -73,14 +75,18 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
     raise ValueError(f"engine: {b} prompts do not split over {shards} "
                      "devices (pad the batch)")
   total = shards * jax.process_count()
-  spec = plan_spec(platform=platform_of(mesh), batch_dev=b // shards,
+  if settings.platform != platform_of(mesh):
+    raise ValueError(f"engine: settings for {settings.platform}, devices "
+                     f"are {platform_of(mesh)}")
+  segment_steps = settings.segment_steps
+  if not segment_steps and on_done is not None:
+    segment_steps = max(16, settings.max_new_tokens // 8)
+  spec = plan_spec(settings, batch_dev=b // shards,
                    prompt_width=packed.shape[1],
                    slots_dev=slots // total if slots else 0,
                    pages_dev=pages // total if pages else 0,
                    pool_rows_dev=pool_rows // total,
-                   **{"segment_steps": 0 if on_done is None else
-                      max(16, spec_args["max_new_tokens"] // 8),
-                      **spec_args})
+                   segment_steps=segment_steps)
   put = (lambda a: jnp.asarray(a)) if mesh is None else (
       lambda a: sharding.global_batch(mesh, a))
   c = Consts(put(packed), put(plen), put(key_data))
@@ -116,10 +122,11 @@ def run(graphdef, params, prompt_tokens, prompt_mask, prompt_key_data, *,
            "slot_steps": int(executed.sum()),
            "busy_steps": int(busy.sum()), "segments": segments,
            "slots": spec.slots * total, "cache_len": spec.cache_len}
-  if spec.page:  # Pool use: the most pages any device held at once.
+  if st.pages is not None:  # Pool use: the most pages a device held.
+    pg = st.pages
     stats.update(pages=spec.pages * total, page_size=spec.page,
-                 pages_peak=int(distributed.host_value(st.peak_1).max()),
-                 page_waits=int(distributed.host_value(st.waits_1).sum()),
-                 pages_leaked=int(distributed.host_value(st.refs_P).sum()))
+                 pages_peak=int(distributed.host_value(pg.peak_1).max()),
+                 page_waits=int(distributed.host_value(pg.waits_1).sum()),
+                 pages_leaked=int(distributed.host_value(pg.refs_P).sum()))
   return Result(tokens, np.where(mask, logprobs, 0.0).astype(np.float32),
                 mask, lengths.astype(np.int32), stats)

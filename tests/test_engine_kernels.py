@@ -1,13 +1,22 @@
-"""poly_epo.models.decode_attention against a NumPy softmax over each row's
-filled slots (the Pallas GPU kernel in interpret mode on CPU, compiled on a
-GPU); a row's output is bit-for-bit independent of the other rows
-(how many blocks the batch reads), which the engine's exactness rests on."""
+"""poly_epo.engine.kernels: the contiguous cache's kernels against a NumPy
+softmax over each row's filled slots (both score forms: products on CPU,
+matmuls elsewhere; the Pallas GPU kernel in interpret mode on CPU); a row's
+output is bit-for-bit independent of the other rows (how many blocks the
+batch reads), which the engine's exactness rests on; the registry refuses
+duplicates and unknown names, and a kernel registered in one module is
+usable by name."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poly_epo.models.decode_attention import attend_filled
+from poly_epo.engine import kernels
+
+
+def attend_filled(q, k, v, lengths, *, impl="window", block=16, window=None,
+                  keys_ch=False, platform="cpu"):
+  return kernels.attend(impl, q, k, v, lengths, block=block, window=window,
+                        keys_ch=keys_ch, platform=platform)
 
 N, K, G, H, C = 5, 2, 3, 8, 64
 
@@ -31,16 +40,20 @@ def _reference(q, k, v, lengths):
   return out
 
 
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])  # The score forms.
 @pytest.mark.parametrize("keys_ch", [False, True])
 @pytest.mark.parametrize("impl,block", [("window", 16), ("window", 8),
                                         ("ragged", 16), ("full", 16),
                                         ("pallas", 16)])
-def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch):
+def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch,
+                                              platform):
+  if impl == "pallas" and platform == "gpu":
+    pytest.skip("the compiled GPU kernel needs a GPU")
   q, k, v, lengths = _inputs()
   k_in = np.swapaxes(k, 2, 3) if keys_ch else k  # [N, K, C, H] layout.
   got = attend_filled(jnp.asarray(q), jnp.asarray(k_in), jnp.asarray(v),
                       jnp.asarray(lengths), impl=impl, block=block,
-                      keys_ch=keys_ch)
+                      keys_ch=keys_ch, platform=platform)
   np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, lengths),
                              atol=1e-5, rtol=1e-5)
 
@@ -68,18 +81,21 @@ def test_static_window_matches_the_dynamic_one():
   np.testing.assert_allclose(np.asarray(dyn), np.asarray(static), atol=1e-6)
 
 
-def test_a_row_does_not_depend_on_the_batch():
+@pytest.mark.parametrize("keys_ch", [False, True])
+def test_a_row_does_not_depend_on_the_batch(keys_ch):
   """Row 0 (1 slot) alone, and beside a row that makes the batch read every
-  block: identical bits."""
+  block: identical bits (the CPU's product form, both key layouts)."""
   q, k, v, lengths = _inputs()
+  if keys_ch:
+    k = np.swapaxes(k, 2, 3)
   alone = attend_filled(jnp.asarray(q[:1]), jnp.asarray(k[:1]),
                         jnp.asarray(v[:1]), jnp.asarray(lengths[:1]),
-                        block=8)
+                        block=8, keys_ch=keys_ch)
   lengths2 = lengths.copy()
   lengths2[1] = C
   batch = attend_filled(jnp.asarray(q[:2]), jnp.asarray(k[:2]),
                         jnp.asarray(v[:2]), jnp.asarray(lengths2[:2]),
-                        block=8)
+                        block=8, keys_ch=keys_ch)
   np.testing.assert_array_equal(np.asarray(alone)[0], np.asarray(batch)[0])
 
 
@@ -91,3 +107,29 @@ def test_bad_settings_raise():
     attend_filled(q, k, v, lengths, block=48)
   with pytest.raises(ValueError, match=">= 16 slots"):
     attend_filled(q, k, v, lengths, impl="pallas", block=8)
+
+
+def test_the_registry():
+  """A kernel is one registration: its name is then valid everywhere
+  (`rollout.attention`, the config check, "auto" rules); a second one of
+  the same name is refused."""
+  assert {"window", "full", "ragged", "pallas", "tpu_paged",
+          "auto"} <= set(kernels.names())
+  window = kernels.get("window")
+  with pytest.raises(ValueError, match="registered twice"):
+    kernels.register(window)
+  probe = kernels.Kernel(
+      "probe_scaled", lambda q, k, v, n, **kw: 2 * window.attend(
+          q, k, v, n, **kw), runs={"contiguous": ("cpu",)})
+  kernels.register(probe)
+  try:
+    q, k, v, lengths = (jnp.asarray(x) for x in _inputs())
+    np.testing.assert_allclose(
+        np.asarray(attend_filled(q, k, v, lengths, impl="probe_scaled")),
+        2 * np.asarray(attend_filled(q, k, v, lengths)), rtol=1e-6)
+    assert kernels.resolve("probe_scaled", "auto", "cpu") == (
+        "contiguous", "probe_scaled")
+    with pytest.raises(ValueError, match="does not run on gpu"):
+      kernels.resolve("probe_scaled", "auto", "gpu")
+  finally:
+    del kernels._REGISTRY["probe_scaled"]

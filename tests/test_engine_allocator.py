@@ -1,9 +1,9 @@
-"""poly_epo.models.paged: the banker's test, admissions and page grants
-checked against brute force (every order of the rows tried), a prompt's
-full pages shared and the partial page each sample's own, pages returned;
-prompt writes read back; paged attention = a NumPy softmax over each row's
-filled slots ("window", "full", and the Pallas TPU kernel in interpret
-mode)."""
+"""poly_epo.engine.allocator (and its NumPy twin allocator_host): the
+banker's test, admissions and page grants checked against brute force
+(every order of the rows tried), a prompt's full pages shared and the
+partial page each sample's own, pages returned; and the JAX policy and the
+planner's NumPy policy making the same admissions, grants and waits at
+every step of random traces."""
 
 import itertools
 
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poly_epo.models import paged
+from poly_epo.engine import allocator as paged
+from poly_epo.engine import allocator_host
 
 
 def _safe_brute(claim, held, free) -> bool:
@@ -35,15 +36,7 @@ _SAFE = jax.jit(paged.safe)
 _GRANT = jax.jit(paged.grant, static_argnums=(6, 8))
 
 
-def _reserve_ref(claim, live, age, free, most):
-  """The oldest live rows, at most `most`, whose claims `free` covers."""
-  total, kept = 0, np.zeros(len(claim), bool)
-  for r in sorted(np.flatnonzero(live), key=lambda r: age[r])[:most]:
-    if total + claim[r] > free:
-      break
-    total += claim[r]
-    kept[r] = True
-  return total, kept
+_reserve_ref = allocator_host.reserved  # Tested step by step below.
 
 
 def test_the_bankers_test_by_brute_force():
@@ -193,82 +186,89 @@ def test_pages_return_to_the_pool():
   assert int(jnp.sum(freed)) == 0 and int(paged.free_pages(freed)) == 8
 
 
-def _pool(rows, kh=2, h=8, page=4, m=4, seed=0, bf16=False):
-  """Random contiguous rows [N, K, C, H] and the same in shuffled pages."""
+
+def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
+  """The continuous engine's page decisions on a random trace, by the JAX
+  policy and by the NumPy one side by side: at every step the same
+  admission, the same grants and waits, the same claims and free pages."""
   rs = np.random.RandomState(seed)
-  c = page * m
-  x = rs.normal(size=(rows, kh, c, h)).astype(np.float32)
-  if bf16:  # Exact in bfloat16 (the TPU kernel's matmul inputs).
-    x = np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
-  npages = rows * m + 3
-  perm = rs.permutation(npages)[:rows * m].reshape(rows, m)
-  pool = np.zeros((kh, npages + 1, page, h), np.float32)
-  for r in range(rows):
-    for e in range(m):
-      pool[:, perm[r, e]] = x[r, :, e * page:(e + 1) * page]
-  return x, jnp.asarray(pool), jnp.asarray(perm, jnp.int32)
+  plen = rs.randint(1, 6, prompts)
+  length = rs.randint(1, L + 1, (prompts, k))  # Each row's tokens.
+  m = -(-(plen.max() + L) // page)
+  most = paged.reserve_rows(pages, m)
+  policy = dict(max_new_tokens=L, page=page, reserve=most)
+  refs = jnp.zeros(pages + 1, jnp.int32)
+  table = jnp.full((slots, m), pages, jnp.int32)
+  claim = np.zeros(slots, np.int32)
+  held = np.zeros(slots, np.int32)
+  row = np.full(slots, -1)  # The engine's row id (its age), -1 free.
+  plen_s, age = np.zeros(slots, int), np.zeros(slots, int)
+  free, shared_of, left = pages, {}, {}
+  queue, steps, waits = 0, 0, 0
+  while queue < prompts or (row >= 0).any():
+    live = row >= 0
+    free_slots = np.flatnonzero(~live)[:k]
+    if queue < prompts and len(free_slots) == k:
+      cand = jnp.asarray(free_slots[None])
+      args = (jnp.asarray(claim), jnp.asarray(held), jnp.asarray(live),
+              jnp.asarray(plen[queue:queue + 1]), jnp.asarray([True]), cand)
+      taken, c, h = paged.admission(refs, *args, order_S=jnp.asarray(row),
+                                    **policy)
+      t2, c2, h2, f2 = allocator_host.admission(
+          free, claim, held, live, plen[queue:queue + 1], [True],
+          free_slots[None], order_S=row, **policy)
+      assert bool(taken[0]) == bool(t2[0]), (seed, steps)
+      np.testing.assert_array_equal(np.asarray(c), c2)
+      np.testing.assert_array_equal(np.asarray(h), h2)
+      if t2[0]:
+        refs, tab, _, c, h = paged.admit(
+            refs, *args, order_S=jnp.asarray(row),
+            pages_per_row=m, **policy)
+        table = table.at[free_slots].set(tab)
+        claim, held, free = np.asarray(c), np.asarray(h), f2
+        row[free_slots] = queue * k + np.arange(k)
+        plen_s[free_slots], age[free_slots] = plen[queue], 1
+        shared_of[queue] = plen[queue] // page
+        left[queue] = k
+        queue += 1
+    live = row >= 0
+    slot = np.where(live, plen_s + age - 1, 0)
+    refs, table, c, h, waiting = paged.grant(
+        refs, table, jnp.asarray(claim), jnp.asarray(held),
+        jnp.asarray(live), jnp.asarray(slot), page,
+        jnp.asarray(row, jnp.int32), most)
+    need = live & (slot // page >= plen_s // page + held)
+    c2, h2, w2, free = allocator_host.grant(free, need, claim, held, live,
+                                            row, most)
+    np.testing.assert_array_equal(np.asarray(waiting), w2)
+    np.testing.assert_array_equal(np.asarray(c), c2)
+    np.testing.assert_array_equal(np.asarray(h), h2)
+    claim, held = c2, h2
+    assert int(paged.free_pages(refs)) == free, (seed, steps)
+    run = live & ~w2
+    waits += int(w2.sum())
+    age[run] += 1
+    done = run & (age > length.ravel()[np.maximum(row, 0)])
+    if done.any():  # Their pages go back (the prompt's with its last row).
+      refs = paged.hold(refs, table, -1, on_N=jnp.asarray(done))
+      table = jnp.where(jnp.asarray(done)[:, None], pages, table)
+      for s in np.flatnonzero(done):
+        b = row[s] // k
+        free += held[s]
+        left[b] -= 1
+        if left[b] == 0:
+          free += shared_of[b]
+      claim[done], held[done], row[done] = 0, 0, -1
+      assert int(paged.free_pages(refs)) == free
+    steps += 1
+    assert steps < 500, "no progress"
+  assert free == pages  # Every page back.
+  return steps, waits
 
 
-def test_prompt_writes_and_token_writes_read_back():
-  x, pool, table = _pool(3)
-  blank = jnp.zeros_like(pool)
-  got = paged.write_prompt(blank, jnp.asarray(x[:, :, :7]), table)
-  np.testing.assert_array_equal(
-      np.asarray(paged.gather(got, table, 2))[:, :, :7], x[:, :, :7])
-  new = np.random.RandomState(1).normal(size=(3, 2, 8)).astype(np.float32)
-  slot = jnp.asarray([0, 5, 15])
-  got = paged.write_token(pool, jnp.asarray(new), table, slot)
-  want = x.copy()
-  want[np.arange(3), :, [0, 5, 15]] = new
-  np.testing.assert_array_equal(np.asarray(paged.gather(got, table, 4)),
-                                want)
-
-
-def _reference(q, x_k, x_v, lengths):
-  out = np.zeros(q.shape, np.float64)
-  h = q.shape[-1]
-  for n, ln in enumerate(lengths):
-    s = np.einsum("kgh,kch->kgc", q[n], x_k[n, :, :ln]) / np.sqrt(h)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    p /= p.sum(-1, keepdims=True)
-    out[n] = np.einsum("kgc,kch->kgh", p, x_v[n, :, :ln])
-  return out
-
-
-@pytest.mark.parametrize("impl", ["window", "full", "tpu_paged_interpret"])
-def test_attention_equals_softmax_over_the_filled_slots(impl):
-  rows, g, h = 4, 2, 16  # H^-1/2 = 1/4 scales q exactly.
-  bf16 = impl not in ("window", "full")  # The kernel: bfloat16-exact inputs.
-  xk, kpool, table = _pool(rows, h=h, seed=2, bf16=bf16)
-  xv = xk[:, :, ::-1].copy()  # Other values in the same pages.
-  vpool = paged.write_prompt(jnp.zeros_like(kpool), jnp.asarray(xv), table)
-  q = np.random.RandomState(3).normal(size=(rows, 2, g, h)).astype(
-      np.float32)
-  if bf16:
-    q = np.asarray(jnp.asarray(q, jnp.bfloat16).astype(jnp.float32))
-  lengths = np.array([1, 5, 9, 16])
-  got = paged.attend(jnp.asarray(q), kpool, vpool, table,
-                     jnp.asarray(lengths, jnp.int32), impl=impl)
-  np.testing.assert_allclose(np.asarray(got), _reference(q, xk, xv, lengths),
-                             atol=1e-5, rtol=1e-5)
-
-
-def test_stale_pages_past_the_fill_never_matter():
-  xk, kpool, table = _pool(2, seed=4)
-  q = jnp.asarray(np.random.RandomState(5).normal(size=(2, 2, 2, 8)),
-                  jnp.float32)
-  lengths = jnp.asarray([3, 6], jnp.int32)
-  base = paged.attend(q, kpool, kpool, table, lengths)
-  # Huge finite keys and values in every page past each row's fill.
-  spoil = kpool.at[:, table[:, 2:].ravel()].set(1e30)
-  np.testing.assert_array_equal(np.asarray(paged.attend(
-      q, spoil, spoil, table, lengths)), np.asarray(base))
-
-
-def test_bad_settings_raise():
-  _, pool, table = _pool(1)
-  q = jnp.zeros((1, 2, 1, 8))
-  with pytest.raises(ValueError, match="rollout.attention"):
-    paged.attend(q, pool, pool, table, jnp.ones(1, jnp.int32), impl="ragged")
-  with pytest.raises(ValueError, match="needs 5 pages"):
-    paged.write_prompt(pool, jnp.zeros((1, 2, 17, 8)), table)
+def test_the_jax_and_numpy_policies_decide_alike_step_by_step():
+  total_waits = 0
+  for seed in range(6):
+    _, waits = _trace(seed)
+    total_waits += waits
+  assert total_waits > 0  # The pool was short: rows did wait.
