@@ -273,13 +273,13 @@ def _loop(model, st: State, c: Consts, spec: Spec) -> State:
     return ~queued(st) & (jnp.sum(st.row_S >= 0) <= widths[i])
 
   def body(st):
-    if spec.refill:
-      room = (jnp.sum(st.row_S < 0) >= k * spec.refill) & \
-          layout_of(spec).room(st, c, spec)
-      st = jax.lax.cond(queued(st) & room,
-                        lambda s: insert(model, s, c, spec, spec.refill,
-                                         rope),
-                        lambda s: s, st)
+    if not spec.refill:  # The loop's condition: some row is busy.
+      return decode_step(model, st, spec, rope)
+    room = (jnp.sum(st.row_S < 0) >= k * spec.refill) & \
+        layout_of(spec).room(st, c, spec)
+    st = jax.lax.cond(queued(st) & room,
+                      lambda s: insert(model, s, c, spec, spec.refill, rope),
+                      lambda s: s, st)
     return jax.lax.cond(busy(st), lambda s: decode_step(model, s, spec, rope),
                         lambda s: s, st)
 
