@@ -1,6 +1,6 @@
 """poly_epo.engine.kernels: the contiguous cache's kernels against a NumPy
-softmax over each row's filled slots (both score forms: products on CPU,
-matmuls elsewhere; the Pallas GPU kernel in interpret mode on CPU); a row's
+softmax over each row's filled slots (the Pallas GPU kernel in interpret
+mode on CPU); a row's
 output is bit-for-bit independent of the other rows (how many blocks the
 batch reads), which the engine's exactness rests on; the registry refuses
 duplicates and unknown names, and a kernel registered in one module is
@@ -40,20 +40,16 @@ def _reference(q, k, v, lengths):
   return out
 
 
-@pytest.mark.parametrize("platform", ["cpu", "gpu"])  # The score forms.
 @pytest.mark.parametrize("keys_ch", [False, True])
 @pytest.mark.parametrize("impl,block", [("window", 16), ("window", 8),
                                         ("ragged", 16), ("full", 16),
                                         ("pallas", 16)])
-def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch,
-                                              platform):
-  if impl == "pallas" and platform == "gpu":
-    pytest.skip("the compiled GPU kernel needs a GPU")
+def test_equals_softmax_over_the_filled_slots(impl, block, keys_ch):
   q, k, v, lengths = _inputs()
   k_in = np.swapaxes(k, 2, 3) if keys_ch else k  # [N, K, C, H] layout.
   got = attend_filled(jnp.asarray(q), jnp.asarray(k_in), jnp.asarray(v),
                       jnp.asarray(lengths), impl=impl, block=block,
-                      keys_ch=keys_ch, platform=platform)
+                      keys_ch=keys_ch)
   np.testing.assert_allclose(np.asarray(got), _reference(q, k, v, lengths),
                              atol=1e-5, rtol=1e-5)
 
@@ -84,7 +80,7 @@ def test_static_window_matches_the_dynamic_one():
 @pytest.mark.parametrize("keys_ch", [False, True])
 def test_a_row_does_not_depend_on_the_batch(keys_ch):
   """Row 0 (1 slot) alone, and beside a row that makes the batch read every
-  block: identical bits (the CPU's product form, both key layouts)."""
+  block: identical bits (both key layouts)."""
   q, k, v, lengths = _inputs()
   if keys_ch:
     k = np.swapaxes(k, 2, 3)

@@ -67,8 +67,8 @@ def _parse(argv):
                   help="static chunk in prompts; continuous slots = chunk x k")
   ap.add_argument("--refill", type=int, default=1)
   ap.add_argument("--attention", default="window",
-                  choices=[n for n in kernels.names()
-                           if "contiguous" in kernels.get(n).runs],
+                  choices=[n for n in kernels.names() if n == "auto" or
+                           "contiguous" in kernels.get(n).runs],
                   help="decode attention of the static and continuous runs")
   ap.add_argument("--kernel", action="store_true",
                   help="also run continuous with the Pallas GPU kernel")

@@ -58,7 +58,7 @@ class RolloutSettings:
   page_size: int = 0  # Paged: slots per page (0: the block).
   pages: int = 0  # Paged: pool pages over all devices (0: see spec).
   block: int = 32  # Decode attention block (slots).
-  keys_ch: bool = True  # Keys [S, K, C, H] (else [S, K, H, C]).
+  keys_ch: bool = False  # Keys [S, K, C, H] (else [S, K, H, C]).
   forced_lengths: str = ""  # Benchmarks: "uniform" | "capped" lengths.
   segment_steps: int = 0  # Decode steps per host round trip (0: with
   #                         `on_done` every max(16, L // 8), else one).
@@ -130,12 +130,14 @@ def make(*, num_samples: int, max_new_tokens: int,
       narrow=narrow == "on" or (narrow == "auto" and platform == "cpu"),
       cache=cache, attention=attention, page_size=int(page_size),
       pages=int(pages), block=int(block or default_block(platform)),
-      # Keys [S, K, C, H] like the values: the TPU compiler writes one
-      # position per row in place there, but copies the whole cache for the
-      # transposed layout (measured: 2.7 GB vs 2.5 MB per write of a
-      # 64-row, 5,120-slot layer); XLA:CPU writes it faster too, and its
-      # product-form attention reads it faster (bench sampler bench-m).
-      keys_ch=True if keys_ch is None else bool(keys_ch),
+      # Keys [S, K, C, H] like the values on accelerators: the TPU
+      # compiler writes one position per row in place there, but copies the
+      # whole cache for the transposed layout (measured: 2.7 GB vs 2.5 MB
+      # per write of a 64-row, 5,120-slot layer). XLA:CPU decodes long
+      # caches faster with transposed keys (`bench rollout --preset bench-s
+      # --lengths uniform`, 288 slots: 15.9k vs 12.7k useful tok/s static,
+      # 25.1k vs 19.6k continuous).
+      keys_ch=(platform != "cpu") if keys_ch is None else bool(keys_ch),
       forced_lengths=forced_lengths, segment_steps=int(segment_steps))
 
 

@@ -25,24 +25,17 @@ import jax.numpy as jnp
 
 
 def softmax_attention(q_NKGH, k_cache, v_NKCH, length_N, width: int, *,
-                      keys_ch: bool, products: bool = False):
+                      keys_ch: bool):
   """Softmax over slots [0, width) of every row (float32 softmax), slots at
   or past a row's length masked (stale keys may hold anything, stale values
-  anything finite). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C].
-  `products`: the scores and the weighted sum as broadcast products and
-  sums instead of batched matmuls (XLA:CPU runs those [N x K] tiny matmuls
-  slowly: the sampler benchmark's bench-m decode step 12% faster with
-  keys [N, K, C, H])."""
+  anything finite). Keys [N, K, C, H] when `keys_ch`, else [N, K, H, C]."""
   h = q_NKGH.shape[-1]
   dt = q_NKGH.dtype
   vb = v_NKCH[:, :, :width].astype(dt)
   kb = (k_cache[:, :, :width] if keys_ch else k_cache[..., :width]
         ).astype(dt)
   valid = jnp.arange(width)[None] < length_N[:, None]  # [N, W]
-  if products:
-    s = (jnp.sum(q_NKGH[:, :, :, None, :] * kb[:, :, None], -1) if keys_ch
-         else jnp.sum(q_NKGH[..., None] * kb[:, :, None], -2))
-  elif keys_ch:
+  if keys_ch:
     s = jnp.einsum("nkgh,nkwh->nkgw", q_NKGH, kb)
   else:
     s = jnp.einsum("nkgh,nkhw->nkgw", q_NKGH, kb)
@@ -53,10 +46,7 @@ def softmax_attention(q_NKGH, k_cache, v_NKCH, length_N, width: int, *,
   p = jnp.where(valid[:, None, None], jnp.exp(s - m), 0.0)
   # Masked slots weigh exactly 0, so their values need only be finite (the
   # model writes finite values: `Attention.decode`, `engine.loop.insert`).
-  if products:
-    o = jnp.sum(p.astype(dt)[..., None] * vb[:, :, None], -2)
-  else:
-    o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(dt), vb)
+  o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(dt), vb)
   l = jnp.sum(p, -1)
   return (o.astype(jnp.float32) / jnp.maximum(l, 1e-30)[..., None]
           ).astype(dt)

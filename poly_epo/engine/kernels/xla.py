@@ -10,9 +10,6 @@
   paged cache, all of a row's pages.
 - "ragged": each row reads only its own blocks (`lax.map` over rows, each
   with its own trip count); worth it on CPU only for few long rows.
-
-On CPU the scores and weighted sums are broadcast products
-(`softmax_attention(products=True)`), elsewhere batched matmuls.
 """
 
 from __future__ import annotations
@@ -26,16 +23,14 @@ from poly_epo.engine.kernels.dense import over_window, softmax_attention
 ALL = ("cpu", "gpu", "tpu")
 
 
-def _contiguous(blocks, q, k, v, length, *, block, keys_ch, platform):
-  return softmax_attention(q, k, v, length, blocks * block, keys_ch=keys_ch,
-                           products=platform == "cpu")
+def _contiguous(blocks, q, k, v, length, *, block, keys_ch):
+  return softmax_attention(q, k, v, length, blocks * block, keys_ch=keys_ch)
 
 
-def _paged(pages, q, kp, vp, length, table, *, platform):
+def _paged(pages, q, kp, vp, length, table):
   return softmax_attention(q, pool.gather(kp, table, pages),
                            pool.gather(vp, table, pages), length,
-                           pages * kp.shape[2], keys_ch=True,
-                           products=platform == "cpu")
+                           pages * kp.shape[2], keys_ch=True)
 
 
 def _cache_len(v, table_NM):
@@ -44,28 +39,26 @@ def _cache_len(v, table_NM):
 
 def window(q, k, v, length_N, *, block, window=None, keys_ch=False,
            table_NM=None, platform="cpu"):
+  del platform
   c = _cache_len(v, table_NM)
   if table_NM is None:
     if c % block:
       raise ValueError(f"decode attention: cache length {c} is not a "
                        f"multiple of the block ({block})")
-    fn = lambda nb, *a: _contiguous(nb, *a, block=block, keys_ch=keys_ch,
-                                    platform=platform)
+    fn = lambda nb, *a: _contiguous(nb, *a, block=block, keys_ch=keys_ch)
     return over_window(fn, length_N, c, block, window, q, k, v, length_N)
   page = v.shape[2]
-  fn = lambda nb, *a: _paged(nb, *a, platform=platform)
-  return over_window(fn, length_N, c, page, window, q, k, v, length_N,
+  return over_window(_paged, length_N, c, page, window, q, k, v, length_N,
                      table_NM)
 
 
 def full(q, k, v, length_N, *, block, window=None, keys_ch=False,
          table_NM=None, platform="cpu"):
-  del block, window
+  del block, window, platform
   if table_NM is None:
     return _contiguous(1, q, k, v, length_N, block=v.shape[2],
-                       keys_ch=keys_ch, platform=platform)
-  return _paged(table_NM.shape[1], q, k, v, length_N, table_NM,
-                platform=platform)
+                       keys_ch=keys_ch)
+  return _paged(table_NM.shape[1], q, k, v, length_N, table_NM)
 
 
 def ragged(q, k, v, length_N, *, block, window=None, keys_ch=False,
