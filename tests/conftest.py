@@ -35,3 +35,18 @@ def smollm2(tmp_path_factory):
     pytest.skip(f"real-model tests: {e}")
   return convert.convert(convert.SMOLLM2,
                          str(tmp_path_factory.mktemp("smollm2") / "hf"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+  """Every test module's compiled programs are dropped after it: each XLA:CPU
+  executable keeps memory mappings, and one process compiling the whole
+  suite's programs passed the kernel's 65,530-mapping limit
+  (vm.max_map_count) three quarters of the way through, where the next
+  compile aborted (25k mappings after test_engine_loop and
+  test_engine_kernels alone)."""
+  yield
+  import gc
+  import jax
+  jax.clear_caches()
+  gc.collect()
