@@ -187,6 +187,13 @@ def test_pages_return_to_the_pool():
 
 
 
+_ADMISSION = jax.jit(paged.admission, static_argnames=(
+    "max_new_tokens", "page", "reserve"))
+_ADMIT = jax.jit(paged.admit, static_argnames=(
+    "max_new_tokens", "page", "pages_per_row", "reserve"))
+_HOLD = jax.jit(paged.hold, static_argnums=(2,))
+
+
 def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
   """The continuous engine's page decisions on a random trace, by the JAX
   policy and by the NumPy one side by side: at every step the same
@@ -212,7 +219,7 @@ def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
       cand = jnp.asarray(free_slots[None])
       args = (jnp.asarray(claim), jnp.asarray(held), jnp.asarray(live),
               jnp.asarray(plen[queue:queue + 1]), jnp.asarray([True]), cand)
-      taken, c, h = paged.admission(refs, *args, order_S=jnp.asarray(row),
+      taken, c, h = _ADMISSION(refs, *args, order_S=jnp.asarray(row),
                                     **policy)
       t2, c2, h2, f2 = allocator_host.admission(
           free, claim, held, live, plen[queue:queue + 1], [True],
@@ -221,7 +228,7 @@ def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
       np.testing.assert_array_equal(np.asarray(c), c2)
       np.testing.assert_array_equal(np.asarray(h), h2)
       if t2[0]:
-        refs, tab, _, c, h = paged.admit(
+        refs, tab, _, c, h = _ADMIT(
             refs, *args, order_S=jnp.asarray(row),
             pages_per_row=m, **policy)
         table = table.at[free_slots].set(tab)
@@ -233,7 +240,7 @@ def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
         queue += 1
     live = row >= 0
     slot = np.where(live, plen_s + age - 1, 0)
-    refs, table, c, h, waiting = paged.grant(
+    refs, table, c, h, waiting = _GRANT(
         refs, table, jnp.asarray(claim), jnp.asarray(held),
         jnp.asarray(live), jnp.asarray(slot), page,
         jnp.asarray(row, jnp.int32), most)
@@ -250,7 +257,7 @@ def _trace(seed, slots=8, k=2, page=3, pages=14, L=7, prompts=9):
     age[run] += 1
     done = run & (age > length.ravel()[np.maximum(row, 0)])
     if done.any():  # Their pages go back (the prompt's with its last row).
-      refs = paged.hold(refs, table, -1, on_N=jnp.asarray(done))
+      refs = _HOLD(refs, table, -1, jnp.asarray(done))
       table = jnp.where(jnp.asarray(done)[:, None], pages, table)
       for s in np.flatnonzero(done):
         b = row[s] // k
