@@ -31,8 +31,6 @@ def check_config(cfg, n_devices: int | None = None,
   need(cfg.temperature > 0, "temperature",
        f"{cfg.temperature} must be > 0 (the loss divides logits by it; "
        "greedy decoding is not a policy-gradient sampler)")
-  need(0 < cfg.top_p <= 1 and cfg.top_k >= 0, "top_p",
-       "top_p must be in (0, 1] and top_k >= 0")
   for field in ("param_dtype", "dtype"):
     need(cfg.model[field] in ("float32", "bfloat16", "float16"),
          f"model.{field}", "'float32', 'bfloat16' or 'float16'")

@@ -37,6 +37,12 @@ class PageState(NamedTuple):
   waits_1: jax.Array  # int32 row-steps spent waiting for a page
 
 
+def free_slots(row_S, n: int):
+  """The first `n` free slots (lowest first; busy ones after them when
+  fewer are free)."""
+  return jnp.argsort(row_S >= 0, stable=True)[:n]
+
+
 def _zeros(n):
   return jnp.zeros((n,), jnp.int32)
 
@@ -180,7 +186,7 @@ class Paged:
     admission test alone, no page taken."""
     pg = st.pages
     nxt = jnp.minimum(st.next_1[0], c.plen_B.shape[0] - 1)
-    free = jnp.argsort(st.row_S >= 0, stable=True)[:spec.num_samples]
+    free = free_slots(st.row_S, spec.num_samples)
     return allocator.admission(
         pg.refs_P, pg.claim_S, pg.held_S, st.row_S >= 0,
         c.plen_B[nxt][None], c.plen_B[nxt][None] > 0, free[None],

@@ -51,7 +51,7 @@ from jax.sharding import PartitionSpec as P
 
 from poly_epo import sharding
 from poly_epo.engine.draw import draw
-from poly_epo.engine.layouts import PageState, layout_of
+from poly_epo.engine.layouts import PageState, free_slots, layout_of
 from poly_epo.engine.spec import Spec
 from poly_epo.models.transformer import init_cache, rope_table
 
@@ -143,12 +143,6 @@ def _ends(spec: Spec, token_N, t_N):
   return eos | (t_N + 1 >= spec.max_new_tokens)
 
 
-def _free_slots(st: State, n: int):
-  """The first `n` free slots (lowest first; busy ones after them when
-  fewer are free)."""
-  return jnp.argsort(st.row_S >= 0, stable=True)[:n]
-
-
 def insert(model, st: State, c: Consts, spec: Spec, count: int,
            rope) -> State:
   """Prefill the next `count` prompts of the queue once and put their k
@@ -162,7 +156,7 @@ def insert(model, st: State, c: Consts, spec: Spec, count: int,
   ok_R = idx_R < batch
   safe = jnp.minimum(idx_R, batch - 1)
   toks, plen = c.prompts_BP[safe], jnp.where(ok_R, c.plen_B[safe], 0)
-  free_first = _free_slots(st, count * k)
+  free_first = free_slots(st.row_S, count * k)
   st, taken_R, table_N = layout.admit(st, spec, plen, ok_R,
                                       free_first.reshape(count, k))
   ok_R = ok_R & taken_R

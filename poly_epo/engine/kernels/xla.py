@@ -37,7 +37,7 @@ def _cache_len(v, table_NM):
   return v.shape[2] if table_NM is None else table_NM.shape[1] * v.shape[2]
 
 
-def window(q, k, v, length_N, *, block, window=None, keys_ch=False,
+def attend_window(q, k, v, length_N, *, block, window=None, keys_ch=False,
            table_NM=None, platform="cpu"):
   del platform
   c = _cache_len(v, table_NM)
@@ -52,7 +52,7 @@ def window(q, k, v, length_N, *, block, window=None, keys_ch=False,
                      table_NM)
 
 
-def full(q, k, v, length_N, *, block, window=None, keys_ch=False,
+def attend_full(q, k, v, length_N, *, block, window=None, keys_ch=False,
          table_NM=None, platform="cpu"):
   del block, window, platform
   if table_NM is None:
@@ -61,20 +61,19 @@ def full(q, k, v, length_N, *, block, window=None, keys_ch=False,
   return _paged(table_NM.shape[1], q, k, v, length_N, table_NM)
 
 
-def ragged(q, k, v, length_N, *, block, window=None, keys_ch=False,
+def attend_ragged(q, k, v, length_N, *, block, window=None, keys_ch=False,
            table_NM=None, platform="cpu"):
   del window, table_NM
 
   def one(args):
     q1, k1, v1, n1 = args
-    return globals()["window"](q1[None], k1[None], v1[None], n1[None],
-                               block=block, keys_ch=keys_ch,
-                               platform=platform)[0]
+    return attend_window(q1[None], k1[None], v1[None], n1[None],
+                         block=block, keys_ch=keys_ch, platform=platform)[0]
   return jax.lax.map(one, (q, k, v, length_N))
 
 
 register(Kernel(
-    "window", window, runs={"contiguous": ALL, "paged": ("cpu", "gpu")},
+    "window", attend_window, runs={"contiguous": ALL, "paged": ("cpu", "gpu")},
     auto=(("cpu", "contiguous", "static"), ("tpu", "contiguous", "*"),
           ("cpu", "paged", "*"), ("gpu", "paged", "*")),
     # Found compiling for v5p (libtpu of JAX 0.10.2): the gathered window
@@ -83,12 +82,12 @@ register(Kernel(
     refuse={"tpu": "the gathered window does not compile for TPU: use "
             "'tpu_paged' (or 'auto'), or 'full'"}))
 register(Kernel(
-    "full", full, runs={"contiguous": ALL, "paged": ALL},
+    "full", attend_full, runs={"contiguous": ALL, "paged": ALL},
     # Refilled slots on CPU read the whole cache: some busy row is nearly
     # always long, so the window would span almost all of it, and XLA:CPU
     # slicing the window out costs more than the slots it skips (bench-s,
     # `bench rollout --attention full` vs window: +30% useful tok/s at 288
     # slots, +13-26% at 1,024; the same tokens).
     auto=(("cpu", "contiguous", "continuous"),)))
-register(Kernel("ragged", ragged, runs={"contiguous": ALL}, own_fill=True,
-                planned_as="window"))
+register(Kernel("ragged", attend_ragged, runs={"contiguous": ALL},
+                own_fill=True, planned_as="window"))
