@@ -2,8 +2,9 @@
 `engine/draw.py`).
 
 `generate` runs the rollout engine (`poly_epo/engine/`) in its static
-schedule: each prompt is prefilled once, its k samples decode in lock-step,
-each row packed from cache slot 0 (prompt, then response).
+schedule: each prompt is prefilled once, its k samples decode in lock-step
+(on CPU by default from the prefix cache: the prompt's keys and values
+once, each sample's response in a row of its own).
 
 Randomness is per prompt: prompt b uses `fold_in(rng, b)` (or `rng[b]` when a
 [B] array of keys is given), sample j of it `fold_in(prompt_key, j)`, and its
@@ -61,8 +62,8 @@ def prompt_keys(rng, batch: int):
 
 def generate(model: Transformer, prompt_tokens, prompt_mask, *,
              num_samples: int, max_new_tokens: int, eos_id: int | None,
-             rng, pad_id: int = 0, mesh=None, attention: str = "window",
-             **sampling) -> SampleOutput:
+             rng, pad_id: int = 0, mesh=None, attention: str = "auto",
+             cache: str = "auto", **sampling) -> SampleOutput:
   """Draw `num_samples` completions for each left-padded prompt.
 
   Args:
@@ -77,7 +78,9 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
     pad_id: token written after EOS.
     mesh: decode on this mesh, each device its block of the prompts (one
       process: B a multiple of the batch shards).
-    attention: a decode kernel (`engine.kernels.names()`).
+    attention, cache: the decode kernel (`engine.kernels.names()`) and
+      the cache layout; "auto" as a run's `rollout.*` (on CPU: the prefix
+      cache, each prompt's keys and values held once for its k samples).
     **sampling: the sampling rule (`engine.draw.Sampling`: temperature, 0
       = greedy; top_p, top_k: nucleus / top-k truncation, 1.0 / 0 disable).
 
@@ -96,7 +99,8 @@ def generate(model: Transformer, prompt_tokens, prompt_mask, *,
     rule = settings.make(num_samples=num_samples,
                          max_new_tokens=max_new_tokens,
                          platform=settings.platform_of(mesh), eos_id=eos_id,
-                         pad_id=pad_id, attention=attention, **sampling)
+                         pad_id=pad_id, attention=attention, cache=cache,
+                         **sampling)
   except ValueError as e:
     raise ValueError(f"generate: {e}") from None
   b = prompt_tokens.shape[0]

@@ -129,3 +129,54 @@ def test_the_registry():
       kernels.resolve("probe_scaled", "auto", "gpu")
   finally:
     del kernels._REGISTRY["probe_scaled"]
+
+
+def test_prefix_kernel_equals_softmax_over_prompt_then_response():
+  """The prefix cache (each prompt once, a response row per sample) against
+  the NumPy softmax over the packed row: prompt slots, then response; stale
+  slots (NaN keys, huge finite values) past either part never matter."""
+  from poly_epo.engine.kernels.prefix import write_token
+  rs = np.random.RandomState(3)
+  b, j, p, l = 3, 2, 6, 5
+  n = b * j
+  plen = np.repeat(np.array([6, 2, 4], np.int32), j)
+  fill = np.array([1, 3, 5, 2, 4, 1], np.int32)  # response slots, new one in
+  q = rs.randn(n, K, G, H).astype(np.float32)
+  kp = rs.randn(b, K, H, p).astype(np.float32)
+  vp = rs.randn(b, K, p, H).astype(np.float32)
+  kr = rs.randn(n, K, H, l).astype(np.float32)
+  vr = rs.randn(n, K, l, H).astype(np.float32)
+  packed_k = np.zeros((n, K, H, p + l), np.float32)
+  packed_v = np.zeros((n, K, p + l, H), np.float32)
+  for r in range(n):
+    pb = plen[r]
+    packed_k[r, :, :, :pb] = kp[r // j, :, :, :pb]
+    packed_k[r, :, :, pb:pb + l] = kr[r]
+    packed_v[r, :, :pb] = vp[r // j, :, :pb]
+    packed_v[r, :, pb:pb + l] = vr[r]
+    kp[r // j, :, :, pb:] = np.nan  # Stale prompt slots.
+    vp[r // j, :, pb:] = 1e30
+    kr[r, :, :, fill[r]:] = np.nan
+    vr[r, :, fill[r]:] = 1e30
+  # The newest token's key and value go in through the layout's write.
+  new_k, new_v = rs.randn(2, n, K, H).astype(np.float32)
+  slot = plen + fill - 1
+  for r in range(n):
+    packed_k[r, :, :, slot[r]] = new_k[r]
+    packed_v[r, :, slot[r]] = new_v[r]
+  kc = write_token((jnp.asarray(kp), jnp.asarray(kr)), jnp.asarray(new_k),
+                   jnp.asarray(plen), jnp.asarray(slot), keys=True)
+  vc = write_token((jnp.asarray(vp), jnp.asarray(vr)), jnp.asarray(new_v),
+                   jnp.asarray(plen), jnp.asarray(slot), keys=False)
+  got = kernels.attend("prefix", jnp.asarray(q), kc, vc,
+                       jnp.asarray(plen + fill), block=16, window=None,
+                       keys_ch=False, table_NM=jnp.asarray(plen),
+                       platform="cpu")
+  want = np.zeros_like(q)
+  for r in range(n):
+    m = plen[r] + fill[r]
+    s = np.einsum("kgh,khs->kgs", q[r], packed_k[r, :, :, :m]) / np.sqrt(H)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    want[r] = np.einsum("kgs,ksh->kgh", w, packed_v[r, :, :m])
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)

@@ -13,7 +13,10 @@ from poly_epo.engine import kernels, settings
     ("tpu", "tpu_paged", "static", ("paged", "tpu_paged")),
     ("tpu", "window", "static", ("contiguous", "window")),
     ("gpu", "auto", "continuous", ("contiguous", "pallas")),
-    ("cpu", "auto", "static", ("contiguous", "window")),
+    # Lock-step rows on CPU: each prompt's cache read once for its samples.
+    ("cpu", "auto", "static", ("prefix", "prefix")),
+    ("cpu", "window", "static", ("contiguous", "window")),
+    ("gpu", "prefix", "static", ("prefix", "prefix")),
     # Refilled slots on CPU read the whole cache.
     ("cpu", "auto", "continuous", ("contiguous", "full")),
     # The TPU kernel is paged: "auto" follows it (interpreted on CPU).
@@ -47,6 +50,9 @@ def test_defaults_per_platform():
     (dict(attention="flash"), "rollout.attention='flash'"),
     (dict(cache="virtual"), "rollout.cache='virtual'"),
     (dict(engine="paged"), "rollout.engine='paged'"),
+    (dict(cache="prefix", engine="continuous"), "rollout.cache='prefix'"),
+    (dict(attention="prefix", engine="continuous"), "rollout.cache='prefix'"),
+    (dict(cache="prefix", attention="window"), "'window' reads a 'contiguous'"),
     (dict(narrow="yes"), "rollout.narrow"),
     (dict(refill=0), "rollout.refill"),
     (dict(slots=-1), "rollout.slots"),

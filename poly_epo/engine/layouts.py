@@ -1,8 +1,9 @@
 """The engine's cache layouts behind one interface, so the decode loop
 (`loop.py`) never branches on the layout: `layout_of(spec)` is `Contiguous`
 (a cache row per slot, `k [S, K, C, H]` or `[S, K, H, C]`, `v [S, K, C, H]`
-per layer) or `Paged` (a pool of pages per layer, `pool.py`, pages handed
-out by `allocator.py`). Each gives:
+per layer), `Paged` (a pool of pages per layer, `pool.py`, pages handed
+out by `allocator.py`) or `Prefix` (each prompt once, a response row per
+slot: the static engine's). Each gives:
 
   init(cfg, spec)              -> (k, v, pages: PageState | None)
   admit(st, spec, plen_R, ok_R, slots_RK)
@@ -194,5 +195,49 @@ class Paged:
         order_S=st.row_S, reserve=spec.reserve)[0][0]
 
 
+class Prefix(Contiguous):
+  """Each prompt's keys and values once, and a response row per slot
+  (`kernels/prefix.py`): the static engine, whose one insert puts the
+  device's B prompts' k samples in slots b * k + j. Per layer the keys are
+  (prompt [B, K, H, P], responses [S, K, H, L]), the values (prompt
+  [B, K, P, H], responses [S, K, L, H])."""
+
+  @staticmethod
+  def init(cfg, spec):
+    if spec.refill or spec.widths or spec.keys_ch:
+      raise ValueError("rollout.cache='prefix' serves the static engine "
+                       "(no refills, no narrowing) with keys_ch off")
+    prompt = init_cache(cfg, spec.slots // spec.num_samples,
+                        spec.prompt_width)
+    resp = init_cache(cfg, spec.slots, spec.max_new_tokens)
+    return (tuple(zip(prompt.k, resp.k)), tuple(zip(prompt.v, resp.v)),
+            None)
+
+  @staticmethod
+  def write_prompt(st, spec, cache, dest_N, table_N, ended_N, ok_N, rep):
+    """The prefill of all the device's prompts, held once."""
+    del dest_N, table_N, ended_N, ok_N, rep
+    fin = lambda x, into: jnp.nan_to_num(
+        x, posinf=0.0, neginf=0.0).astype(into.dtype)
+    if cache.v[0].shape[:3] != st.v[0][0].shape[:3]:
+      raise ValueError(f"prefix cache: a prefill of {cache.v[0].shape[:3]} "
+                       f"for a prompt cache of {st.v[0][0].shape[:3]} "
+                       "(the static engine inserts every prompt at once)")
+    return st._replace(
+        k=tuple((fin(b, a[0]), a[1]) for a, b in zip(st.k, cache.k)),
+        v=tuple((fin(b, a[0]), a[1]) for a, b in zip(st.v, cache.v)))
+
+  @staticmethod
+  def tables(st, width):
+    """The rows' prompt lengths (the kernel's and the writes' index)."""
+    return st.plen_S[:width]
+
+  @staticmethod
+  def compact(st, take):
+    raise ValueError("the prefix cache does not narrow (static engine)")
+
+
 def layout_of(spec):
-  return Paged if spec.page else Contiguous
+  if spec.page:
+    return Paged
+  return Prefix if spec.settings.cache == "prefix" else Contiguous

@@ -26,6 +26,7 @@ class Spec(NamedTuple):
   page: int = 0  # Slots per page of the paged cache (0: contiguous).
   pages: int = 0  # Pages in the device's pool (paged).
   reserve: int = 0  # Oldest rows whose pages are kept (allocator).
+  prompt_width: int = 0  # Prompt slots (the prefix cache's prompt part).
   widths: tuple = ()  # Slot counts the tail narrows through, widest first
   #                     ((): all slots every step; see `narrow_widths`).
 
@@ -77,7 +78,7 @@ def cache_shape(s: RolloutSettings, need: int) -> tuple:
   48-slot one (block 16), the same tokens (`bench sampler`, README)."""
   block = min(s.block, -(-need // 8) * 8)
   if s.cache == "paged":
-    block = s.page_size or block
+    block = s.page_size or block  # (The prefix cache: as contiguous.)
   elif s.platform == "cpu" and block >= 8:
     g = min(16, block)
     fit = -(-need // g) * g
@@ -133,6 +134,7 @@ def plan_spec(s: RolloutSettings, *, batch_dev: int, prompt_width: int,
   return Spec(settings=s, slots=slots_dev, first=first, refill=refill,
               segment_steps=segment_steps or 2**30, cache_len=cache_len,
               block=block, page=page, pages=pages,
+              prompt_width=prompt_width,
               reserve=allocator.reserve_rows(pages, cache_len // page)
               if page else 0,
               widths=narrow_widths(slots_dev, s.narrow)

@@ -23,6 +23,7 @@ from flax import nnx
 
 from poly_epo.models.config import ModelConfig
 from poly_epo.engine import kernels, pool
+from poly_epo.engine.kernels import prefix
 from poly_epo.sharding import constrain_rows
 
 _NEG = -1e30  # Finite "minus infinity": fully masked rows stay NaN-free.
@@ -255,7 +256,9 @@ class Attention(nnx.Module):
     slots [0, slot_N] with the decode kernel `impl` (`engine.kernels`).
     The caches may hold more rows than x (rows past N are left alone).
     Returns (out [N, 1, D], k_NKHC, v_NKCH). With page tables `table_NM`
-    the caches are page pools (`engine/pool.py`)."""
+    the caches are page pools (`engine/pool.py`); as (prompt, responses)
+    pairs they are the prefix cache and `table_NM` the rows' prompt
+    lengths (`engine/kernels/prefix.py`)."""
     cfg = self.cfg
     n_rows = x_N1D.shape[0]
     kh, h = cfg.num_kv_heads, cfg.head_dim
@@ -265,7 +268,13 @@ class Attention(nnx.Module):
     # 0 x NaN (values), and the Pallas kernel masks keys by adding a large
     # negative number (a NaN key would survive it).
     finite = lambda x: jnp.nan_to_num(x, posinf=0.0, neginf=0.0)
-    if table_NM is not None:
+    if isinstance(k_NKHC, tuple):  # The prefix cache; table_NM: plen_N.
+      k_NKHC = prefix.write_token(k_NKHC, finite(k[:, 0]), table_NM,
+                                  slot_N, keys=True)
+      v_NKCH = prefix.write_token(v_NKCH, finite(v[:, 0]), table_NM,
+                                  slot_N, keys=False)
+      k_read, v_read = k_NKHC, v_NKCH
+    elif table_NM is not None:
       k_NKHC = pool.write_token(k_NKHC, finite(k[:, 0]), table_NM, slot_N)
       v_NKCH = pool.write_token(v_NKCH, finite(v[:, 0]), table_NM, slot_N)
       k_read, v_read = k_NKHC, v_NKCH

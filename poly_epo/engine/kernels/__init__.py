@@ -3,7 +3,9 @@
 A kernel is one module of this package that calls `register(Kernel(...))`
 when imported: its name, the cache layouts it reads ("contiguous": a cache
 row per slot; "paged": a pool of pages and a page table per slot,
-`engine/pool.py`), the platforms it runs on per layout, where `"auto"`
+`engine/pool.py`; "prefix": each prompt's keys and values once and a
+response row per slot, the static engine's), the platforms it runs on per
+layout, where `"auto"`
 picks it, and how the planner costs it. `"auto"` and `rollout.cache="auto"`
 are rules over this registry (`resolve`), decided once per run by
 `engine.settings`. Adding a kernel: a module here and one line in `_BUILTIN`
@@ -15,7 +17,7 @@ Every kernel is called as
 with the new token's queries grouped by kv head, the layer's keys and
 values (contiguous: keys [N, K, H, C], or [N, K, C, H] with `keys_ch`,
 values [N, K, C, H]; paged: [K, NP + 1, page, H] pools and page tables
-`table_NM`), `length_N` int32 filled slots (the new token included; >= 1),
+`table_NM`; prefix: `kernels/prefix.py`), `length_N` int32 filled slots (the new token included; >= 1),
 `block` slots per block (the cache length a multiple of it), `window` a
 static number of slots to read or None (the planner's cost model), and
 `platform` the devices the program is compiled for.
@@ -27,7 +29,7 @@ import dataclasses
 import importlib
 from typing import Callable
 
-LAYOUTS = ("contiguous", "paged")
+LAYOUTS = ("contiguous", "paged", "prefix")
 ENGINES = ("static", "continuous")
 
 
@@ -52,7 +54,7 @@ class Kernel:
 
 
 _REGISTRY: dict = {}
-_BUILTIN = ("xla", "pallas_gpu", "tpu_paged")
+_BUILTIN = ("xla", "pallas_gpu", "tpu_paged", "prefix")
 
 
 def register(kernel: Kernel) -> Kernel:
@@ -93,8 +95,11 @@ def resolve(attention: str, cache: str, platform: str,
   cannot run is a ValueError naming the fields.
 
   cache "auto": the layout the named kernel reads (contiguous when it reads
-  both); with attention "auto", "paged" where the paged layout's auto
-  kernel reads only pages (the TPU kernel on TPU), else contiguous."""
+  it); with attention "auto", "prefix" for the static engine where a kernel
+  reads it by default (CPU), else "paged" where the paged layout's auto
+  kernel reads only pages (the TPU kernel on TPU), else contiguous. The
+  prefix layout serves the static engine only (its rows are lock-step, in
+  prompt order)."""
   if cache not in LAYOUTS + ("auto",):
     raise ValueError(f"rollout.cache={cache!r}: one of "
                      f"{LAYOUTS + ('auto',)}")
@@ -103,11 +108,18 @@ def resolve(attention: str, cache: str, platform: str,
   if cache == "auto":
     if attention == "auto":
       pk = _auto_kernel(platform, "paged", engine)
-      cache = "paged" if pk is not None and set(pk.runs) == {"paged"} \
-          else "contiguous"
+      if engine == "static" and _auto_kernel(platform, "prefix", engine):
+        cache = "prefix"
+      elif pk is not None and set(pk.runs) == {"paged"}:
+        cache = "paged"
+      else:
+        cache = "contiguous"
     else:
-      cache = "contiguous" if "contiguous" in get(attention).runs \
-          else "paged"
+      cache = next(lay for lay in LAYOUTS if lay in get(attention).runs)
+  if cache == "prefix" and engine != "static":
+    raise ValueError("rollout.cache='prefix' holds each prompt once for "
+                     "its samples' lock-step rows: it needs rollout.engine="
+                     "'static' (or rollout.cache='auto')")
   if attention == "auto":
     k = _auto_kernel(platform, cache, engine)
     if k is None:
