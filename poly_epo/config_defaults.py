@@ -98,13 +98,15 @@ def base_config() -> ml_collections.ConfigDict:
   # blocks) | full (every cache slot) | ragged (each row its own blocks) |
   # pallas (JAX's Pallas GPU decode kernel: each row its own fill; GPU) |
   # tpu_paged (JAX's Pallas TPU paged-attention kernel; rollout.cache=paged)
-  # | auto (pallas on GPU, tpu_paged on TPU with the paged cache; on CPU
-  # full for continuous refills, whose window spans nearly the whole cache,
-  # else window).
+  # | prefix (rollout.cache=prefix) | auto (pallas on GPU, tpu_paged on TPU
+  # with the paged cache; on CPU full for continuous refills, whose window
+  # spans nearly the whole cache, and prefix for the static engine).
   c.rollout.cache = "auto"  # KV cache: contiguous (a row per slot) |
   # paged (a pool of pages handed out as rows grow; a prompt's k samples
-  # share its prompt pages; docs/ROLLOUT.md) | auto (paged with the TPU
-  # kernel on TPU, contiguous elsewhere).
+  # share its prompt pages; docs/ROLLOUT.md) | prefix (static engine: each
+  # prompt's keys and values once, read once per step for its k samples) |
+  # auto (paged with the TPU kernel on TPU; on CPU prefix for the static
+  # engine; else contiguous).
   c.rollout.page_size = 0  # Slots per page (0 = the attention block).
   c.rollout.pages = 0  # Pool pages over all devices (0 = the contiguous
   # cache's memory); fewer pages: refills wait for free ones. Same tokens.
