@@ -39,17 +39,29 @@ def softmax_attention(q_NKGH, k_cache, v_NKCH, length_N, width: int, *,
     s = jnp.einsum("nkgh,nkwh->nkgw", q_NKGH, kb)
   else:
     s = jnp.einsum("nkgh,nkhw->nkgw", q_NKGH, kb)
-  s = jnp.where(valid[:, None, None], s.astype(jnp.float32) * (h**-0.5),
-                -jnp.inf)
+  p, l = masked_weights(s, valid[:, None, None], h**-0.5)
+  o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(dt), vb)
+  return normalise(o, l)
+
+
+def masked_weights(s, ok, scale: float):
+  """Unnormalised softmax weights of scores `s` [..., W] where `ok`
+  (broadcast to `s`), in float32, and their sums [...]. Masked slots weigh
+  exactly 0, whatever their scores (NaN included), so their values need
+  only be finite (the model writes finite values: `Attention.decode`,
+  `engine.loop.insert`); a row with no slot gets weights 0."""
+  s = jnp.where(ok, s.astype(jnp.float32) * scale, -jnp.inf)
   m = jnp.max(s, -1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
-  p = jnp.where(valid[:, None, None], jnp.exp(s - m), 0.0)
-  # Masked slots weigh exactly 0, so their values need only be finite (the
-  # model writes finite values: `Attention.decode`, `engine.loop.insert`).
-  o = jnp.einsum("nkgw,nkwh->nkgh", p.astype(dt), vb)
-  l = jnp.sum(p, -1)
-  return (o.astype(jnp.float32) / jnp.maximum(l, 1e-30)[..., None]
-          ).astype(dt)
+  w = jnp.where(ok, jnp.exp(s - m), 0.0)
+  return w, jnp.sum(w, -1)
+
+
+def normalise(o, total):
+  """Weighted values `o` [..., H] over their weights' sums [...], in the
+  values' dtype."""
+  return (o.astype(jnp.float32) / jnp.maximum(total, 1e-30)[..., None]
+          ).astype(o.dtype)
 
 
 def buckets(cache_len: int, block: int) -> tuple:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from poly_epo.engine.kernels import Kernel, register
+from poly_epo.engine.kernels.dense import masked_weights, normalise
 
 ALL = ("cpu", "gpu", "tpu")
 
@@ -45,31 +46,22 @@ def attend_prefix(q_NKGH, k, v, length_N, *, block, window=None,
   b, p, l = kp_BKHP.shape[0], kp_BKHP.shape[-1], kr_NKHL.shape[-1]
   j = n // b  # Samples per prompt.
   dt = q_NKGH.dtype
-  scale = h**-0.5
   q5 = q_NKGH.reshape(b, j, kh, g, h)
   s_p = jnp.einsum("bjkgh,bkhp->bjkgp", q5, kp_BKHP.astype(dt)
                    ).reshape(n, kh, g, p)
   s_r = jnp.einsum("nkgh,nkhl->nkgl", q_NKGH, kr_NKHL.astype(dt))
   # One softmax over the scores side by side ([N, K, G, P + L]): on XLA:CPU
   # one masked softmax is cheaper than two halves with a shared max.
-  s = jnp.concatenate([s_p, s_r], -1).astype(jnp.float32)
   slot = jnp.arange(p + l)[None]
   ok = ((slot < plen_N[:, None]) |
         ((slot >= p) & (slot - p < (length_N - plen_N)[:, None])))
-  ok = ok[:, None, None]
-  s = jnp.where(ok, s * scale, -jnp.inf)
-  m = jnp.max(s, -1, keepdims=True)
-  m = jnp.where(jnp.isfinite(m), m, 0.0)
-  # Masked slots weigh exactly 0 (their values need only be finite).
-  w = jnp.where(ok, jnp.exp(s - m), 0.0)
-  total = jnp.sum(w, -1)
+  w, total = masked_weights(jnp.concatenate([s_p, s_r], -1),
+                            ok[:, None, None], h**-0.5)
   w = w.astype(dt)
   o = jnp.einsum("bjkgp,bkph->bjkgh", w[..., :p].reshape(b, j, kh, g, p),
                  vp_BKPH.astype(dt)).reshape(n, kh, g, h)
   o = o + jnp.einsum("nkgl,nklh->nkgh", w[..., p:], vr_NKLH.astype(dt))
-  return (o.astype(jnp.float32) / jnp.maximum(total, 1e-30)[..., None]
-          ).astype(dt)
-
+  return normalise(o, total)
 
 register(Kernel(
     "prefix", attend_prefix, runs={"prefix": ALL},
