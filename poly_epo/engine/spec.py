@@ -78,8 +78,8 @@ def cache_shape(s: RolloutSettings, need: int) -> tuple:
   48-slot one (block 16), the same tokens (`bench sampler`, README)."""
   block = min(s.block, -(-need // 8) * 8)
   if s.cache == "paged":
-    block = s.page_size or block  # (The prefix cache: as contiguous.)
-  elif s.platform == "cpu" and block >= 8:
+    block = s.page_size or block
+  elif s.platform == "cpu" and block >= 8:  # Contiguous (and prefix: rope).
     g = min(16, block)
     fit = -(-need // g) * g
     return largest_divisor(fit // g, block // g) * g, fit

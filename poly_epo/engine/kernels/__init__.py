@@ -5,10 +5,9 @@ when imported: its name, the cache layouts it reads ("contiguous": a cache
 row per slot; "paged": a pool of pages and a page table per slot,
 `engine/pool.py`; "prefix": each prompt's keys and values once and a
 response row per slot, the static engine's), the platforms it runs on per
-layout, where `"auto"`
-picks it, and how the planner costs it. `"auto"` and `rollout.cache="auto"`
-are rules over this registry (`resolve`), decided once per run by
-`engine.settings`. Adding a kernel: a module here and one line in `_BUILTIN`
+layout, where `"auto"` picks it, and how the planner costs it. `"auto"`
+and `rollout.cache="auto"` are rules over this registry (`resolve`),
+decided once per run by `engine.settings`. Adding a kernel: a module here and one line in `_BUILTIN`
 below.
 
 Every kernel is called as
@@ -17,10 +16,11 @@ Every kernel is called as
 with the new token's queries grouped by kv head, the layer's keys and
 values (contiguous: keys [N, K, H, C], or [N, K, C, H] with `keys_ch`,
 values [N, K, C, H]; paged: [K, NP + 1, page, H] pools and page tables
-`table_NM`; prefix: `kernels/prefix.py`), `length_N` int32 filled slots (the new token included; >= 1),
-`block` slots per block (the cache length a multiple of it), `window` a
-static number of slots to read or None (the planner's cost model), and
-`platform` the devices the program is compiled for.
+`table_NM`; prefix: `kernels/prefix.py`), `length_N` int32 filled slots
+(the new token included; >= 1), `block` slots per block (the cache length
+a multiple of it), `window` a static number of slots to read or None (the
+planner's cost model), and `platform` the devices the program is compiled
+for.
 """
 
 from __future__ import annotations
