@@ -7,8 +7,8 @@ row per slot; "paged": a pool of pages and a page table per slot,
 response row per slot, the static engine's), the platforms it runs on per
 layout, where `"auto"` picks it, and how the planner costs it. `"auto"`
 and `rollout.cache="auto"` are rules over this registry (`resolve`),
-decided once per run by `engine.settings`. Adding a kernel: a module here and one line in `_BUILTIN`
-below.
+decided once per run by `engine.settings`. Adding a kernel: a module here
+and one line in `_BUILTIN` below.
 
 Every kernel is called as
   attend(q_NKGH, k, v, length_N, *, block, window, keys_ch, table_NM,
